@@ -1,0 +1,1 @@
+"""Subcommands of the ``napari-diffmed`` command line (one module each)."""

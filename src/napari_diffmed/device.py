@@ -1,0 +1,50 @@
+"""Pick the compute device and seed generators."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+
+
+def available_devices() -> list[str]:
+    """Device names usable here, best first."""
+    import torch
+
+    names = []
+    if torch.cuda.is_available():
+        names.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    return names + ["cpu"]
+
+
+def select_device(preference: "str | torch.device | None" = "auto") -> "torch.device":
+    """CUDA, then MPS, then CPU for ``"auto"``; an explicit choice must be available."""
+    import torch
+
+    if isinstance(preference, torch.device):
+        return preference
+    pref = (preference or "auto").lower()
+    base = pref.split(":")[0]
+    if base not in DEVICE_CHOICES:
+        raise ValueError(f"device {preference!r} is not one of {DEVICE_CHOICES}")
+    available = available_devices()
+    if base == "auto":
+        return torch.device(available[0])
+    if base not in available:
+        raise ValueError(f"device {preference!r} is not available here; available: {available}")
+    return torch.device(pref)
+
+
+def make_generator(seed: int | None, device: "torch.device") -> "torch.Generator":
+    """A torch generator on ``device`` (CPU for MPS, which lacks device generators)."""
+    import torch
+
+    gen_device = device if device.type == "cuda" else torch.device("cpu")
+    gen = torch.Generator(device=gen_device)
+    gen.manual_seed(int(seed) if seed is not None else int(torch.seed() % (2**63)))
+    return gen

@@ -1,0 +1,186 @@
+"""NIfTI <-> napari layer data, true to physical space.
+
+Reading reorients to the closest canonical (RAS+) orientation and returns the
+array in napari axis order (z, y, x), with spacing as ``scale``, origin as
+``translate`` (or a full ``affine`` for oblique scans) and the source's affine
+and header in ``metadata`` so that writers can put results back into the exact
+source grid. Nothing else in the package reads or writes files.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+LABEL_HINTS = ("label", "mask", "seg", "lesion", "aseg", "roi")
+INTENT_LABEL = 1002
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def _to_napari_matrix(affine: np.ndarray, spatial: int) -> np.ndarray:
+    """Permute a (spatial+1)^2 voxel->world affine from (x, y, z) to napari's (z, y, x) on both sides."""
+    perm = list(range(spatial))[::-1]
+    out = np.eye(spatial + 1)
+    out[:spatial, :spatial] = affine[np.ix_(perm, perm)]
+    out[:spatial, spatial] = affine[perm, spatial]
+    return out
+
+
+def image_to_layer_data(img, name: str = "image", as_labels: bool | None = None) -> tuple[np.ndarray, dict, str]:
+    """Convert a nibabel image into ``(data, layer_kwargs, layer_type)`` in napari order."""
+    import nibabel as nib
+
+    if img.ndim > 4 or img.ndim < 2:
+        raise ValueError(f"{name}: NIfTI images with {img.ndim} axes are not supported (2 to 4 are)")
+    canonical = nib.as_closest_canonical(img)
+    data = np.asanyarray(canonical.dataobj)
+    if img.ndim == 4:  # (x, y, z, t) -> (t, z, y, x)
+        data = np.transpose(data, (3, 2, 1, 0))
+    else:
+        data = np.transpose(data, tuple(range(data.ndim))[::-1])
+    affine3 = canonical.affine.copy()  # always 4x4 for (x, y, z)
+    lead = 1 if img.ndim == 4 else 0
+    spatial_shape = data.shape[lead:]
+    if len(spatial_shape) == 2:  # 2D NIfTI: pretend a singleton z axis then squeeze it below
+        data = data[..., None, :, :] if lead == 0 else data[:, None]
+    napari_affine = _to_napari_matrix(affine3, 3)
+    keep = [i for i, n in enumerate(data.shape[lead:]) if n > 1]
+    if len(keep) < 2:
+        raise ValueError(f"{name}: image of shape {img.shape} has fewer than two non-singleton spatial axes")
+    squeeze_axes = tuple(lead + i for i in range(3) if i not in keep)
+    data = np.squeeze(data, axis=squeeze_axes) if squeeze_axes else data
+    idx = keep + [3]
+    sub = napari_affine[np.ix_(idx, idx)]
+    linear = sub[:-1, :-1]
+    spacing = np.sqrt((linear**2).sum(axis=0))
+    oblique = not np.allclose(linear, np.diag(np.diag(linear)), atol=1e-6 * max(1.0, spacing.max()))
+    header = img.header
+    intent = int(header.get("intent_code", 0)) if hasattr(header, "get") else 0
+    integer = np.issubdtype(data.dtype, np.integer)
+    if as_labels is None:
+        hinted = any(h in Path(name).name.lower() for h in LABEL_HINTS)
+        as_labels = intent == INTENT_LABEL or (integer and hinted)
+    if as_labels:
+        if not integer and not np.allclose(data, np.round(data)):
+            raise ValueError(f"{name}: cannot open as labels, the voxels are not whole numbers")
+        data = np.asarray(data).astype(np.int32 if data.dtype.itemsize >= 4 else np.int16)
+    else:
+        data = np.asarray(data, dtype=np.float32)
+    ndim = data.ndim
+    metadata: dict[str, Any] = {
+        "affine": np.asarray(img.affine, dtype=np.float64),
+        "header": header.copy(),
+        "source_shape": tuple(img.shape),
+        "spacing": tuple(float(s) for s in spacing),
+        "axcodes": "".join(nib.aff2axcodes(img.affine)),
+        "squeezed": squeeze_axes,
+        "source": name,
+    }
+    kwargs: dict[str, Any] = {"name": Path(name).name.split(".nii")[0], "metadata": metadata}
+    if oblique:
+        full = np.eye(ndim + 1)
+        full[lead:, lead:] = sub
+        kwargs["affine"] = full
+    else:
+        kwargs["scale"] = tuple([1.0] * lead + [float(s) for s in np.diag(linear)])
+        kwargs["translate"] = tuple([0.0] * lead + [float(t) for t in sub[:-1, -1]])
+    return data, kwargs, "labels" if as_labels else "image"
+
+
+def read_nifti(path: str | os.PathLike, as_labels: bool | None = None) -> tuple[np.ndarray, dict, str]:
+    """Read a NIfTI file into ``(data, layer_kwargs, layer_type)``; see :func:`image_to_layer_data`."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not is_nifti(path):
+        raise ValueError(f"{path} is not a NIfTI file (.nii or .nii.gz)")
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # nibabel raises many kinds for corrupt files
+        raise ValueError(f"cannot read {path}: {err}") from None
+    return image_to_layer_data(img, name=str(path), as_labels=as_labels)
+
+
+def layer_to_image(data: np.ndarray, metadata: dict | None, labels: bool = False, scale=None, translate=None):
+    """Build a nibabel image putting napari-ordered ``data`` back into its source's voxel grid."""
+    import nibabel as nib
+
+    data = np.asarray(data)
+    if labels:
+        if np.issubdtype(data.dtype, np.floating) and not np.allclose(data, np.round(data)):
+            raise ValueError("labels must hold whole numbers")
+        data = data.astype(np.int16 if data.size and np.abs(data).max() < 32767 else np.int32)
+    else:
+        data = data.astype(np.float32)
+    meta = metadata or {}
+    if "affine" in meta and "source_shape" in meta:
+        affine = np.asarray(meta["affine"], dtype=np.float64)
+        src_shape = tuple(meta["source_shape"])
+        spatial = src_shape[:3]
+        lead = 1 if len(src_shape) == 4 else 0
+        arr = data
+        for ax in meta.get("squeezed", ()):
+            arr = np.expand_dims(arr, ax)
+        canonical_shape = tuple(arr.shape)
+        arr = np.transpose(arr, (3, 2, 1, 0)) if lead else np.transpose(arr, (2, 1, 0))
+        ornt = nib.orientations.io_orientation(affine)
+        back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), ornt)
+        arr = nib.orientations.apply_orientation(arr, back)
+        if tuple(arr.shape[:3]) != tuple(spatial) and len(spatial) == 3:
+            raise ValueError(
+                f"layer of shape {data.shape} (canonical {canonical_shape}) does not fit the source grid {src_shape}"
+            )
+        arr = arr.reshape(tuple(src_shape[: len(src_shape)]) if arr.size == np.prod(src_shape) else arr.shape)
+        header = meta.get("header")
+        img = nib.Nifti1Image(arr, affine, header=header.copy() if header is not None else None)
+    else:  # no source: build an RAS affine from scale/translate (napari order)
+        arr = np.transpose(data, tuple(range(data.ndim))[::-1])
+        k = min(arr.ndim, 3)
+        affine = np.eye(4)
+        sc = list(scale or [1.0] * data.ndim)[::-1][:k]
+        tr = list(translate or [0.0] * data.ndim)[::-1][:k]
+        for i in range(k):
+            affine[i, i] = sc[i]
+            affine[i, 3] = tr[i]
+        img = nib.Nifti1Image(arr, affine)
+    img.set_data_dtype(arr.dtype)
+    if labels:
+        img.header.set_intent("label")
+    else:
+        img.header.set_intent("none")
+    img.header["scl_slope"], img.header["scl_inter"] = np.nan, np.nan
+    return img
+
+
+def write_nifti(
+    path: str | os.PathLike, data: np.ndarray, metadata: dict | None = None, labels: bool = False,
+    overwrite: bool = False, scale=None, translate=None,
+) -> Path:
+    """Write napari-ordered data atomically into its source's space; refuse to overwrite unless asked."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not is_nifti(path):
+        raise ValueError(f"{path}: the file name must end with .nii or .nii.gz")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    img = layer_to_image(data, metadata, labels=labels, scale=scale, translate=translate)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

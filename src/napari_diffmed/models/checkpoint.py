@@ -1,0 +1,131 @@
+"""Save and load networks as safetensors weights plus a JSON model card."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .card import ModelCard, ModelCardError, sha256_file
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference, with its card and where it came from."""
+
+    network: "torch.nn.Module"
+    card: ModelCard
+    path: Path
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.card.name}@{self.card.weights_sha256[:12]}"
+
+
+def card_path(weights: Path) -> Path:
+    return weights.with_suffix(".json")
+
+
+def build_network(card: ModelCard) -> "torch.nn.Module":
+    """Instantiate MONAI's ``DiffusionModelUNet`` from the card's kwargs."""
+    from monai.networks.nets import DiffusionModelUNet
+
+    try:
+        return DiffusionModelUNet(**card.network)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise ModelCardError(f"network kwargs of {card.name!r} are not valid for DiffusionModelUNet: {err}") from None
+
+
+def build_scheduler(card: ModelCard, name: str | None = None, **overrides: Any):
+    """A MONAI scheduler configured like the training one (or another of the same noise schedule)."""
+    from monai.networks import schedulers
+
+    kwargs = {k: v for k, v in card.scheduler.items() if k != "name"}
+    trained = card.scheduler["name"]
+    name = name or trained
+    if (name == "RFlowScheduler") != (trained == "RFlowScheduler"):
+        raise ValueError(f"scheduler {name!r} cannot sample model {card.name!r}, which was trained for {trained!r}")
+    if name not in ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "RFlowScheduler"):
+        raise ValueError(f"unknown scheduler {name!r}; choose DDPMScheduler, DDIMScheduler, PNDMScheduler or RFlowScheduler")
+    if name == "PNDMScheduler":
+        kwargs.pop("clip_sample", None)
+        kwargs.pop("variance_type", None)
+        kwargs.setdefault("skip_prk_steps", True)
+    if name == "DDIMScheduler":
+        kwargs.pop("variance_type", None)
+    kwargs.update(overrides)
+    return getattr(schedulers, name)(**kwargs)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(network: "torch.nn.Module", card: ModelCard, weights: str | Path, overwrite: bool = False) -> Path:
+    """Write ``NAME.safetensors`` and ``NAME.json``; the card gets the weights' sha256."""
+    from safetensors.torch import save_file
+
+    weights = Path(weights).with_suffix(".safetensors")
+    if not overwrite and (weights.exists() or card_path(weights).exists()):
+        raise FileExistsError(f"{weights} or its card exists; pass overwrite=True to replace it")
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
+    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"name": card.name}))
+    card.weights_sha256 = sha256_file(weights)
+    card.validate()
+    _atomic_write(card_path(weights), lambda tmp: Path(tmp).write_text(card.to_json()))
+    return weights
+
+
+def load_model(weights: str | Path, device: "str | torch.device" = "cpu") -> LoadedModel:
+    """Load a model from its safetensors file and card, checking schema, hash and shapes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = Path(weights)
+    if weights.suffix != ".safetensors":
+        weights = weights.with_suffix(".safetensors")
+    if not weights.is_file():
+        raise FileNotFoundError(f"no weights file {weights}")
+    card = ModelCard.read(card_path(weights))
+    actual = sha256_file(weights)
+    if card.weights_sha256 != actual:
+        raise ModelCardError(
+            f"sha256 of {weights.name} is {actual[:16]}..., but its card says "
+            f"{card.weights_sha256[:16] or '(none)'}...: the weights were changed or belong to another card"
+        )
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ModelCardError(f"{weights} is not a readable safetensors file: {err}") from None
+    network = build_network(card)
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ModelCardError(
+            f"weights of {card.name!r} do not match the card's network: "
+            f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
+        )
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ModelCardError(
+                f"tensor {key!r} has shape {tuple(tensor.shape)} but the card's network expects "
+                f"{tuple(expected[key].shape)}"
+            )
+    network.load_state_dict(state)
+    network.to(device).eval()
+    return LoadedModel(network=network, card=card, path=weights)

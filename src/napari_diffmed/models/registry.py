@@ -1,0 +1,93 @@
+"""Where models live: the shipped defaults, the user's folder (``$NAPARI_DIFFMED_MODELS``) and explicit paths."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .card import ModelCard, ModelCardError
+from .checkpoint import LoadedModel, load_model
+
+ENV_VAR = "NAPARI_DIFFMED_MODELS"
+SHIPPED_DIR = Path(__file__).parent / "weights"
+DEFAULTS = {
+    ("image", 2): "mni_t1_axial_64",
+    ("segmentation", 2): "mni_wm_seg_96",
+    ("image", 3): "mni_t1_volume_32",
+}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    path: Path
+    card: ModelCard
+    source: str  # "shipped" or "user"
+
+
+def model_dirs() -> list[tuple[Path, str]]:
+    dirs = [(SHIPPED_DIR, "shipped")]
+    for part in filter(None, os.environ.get(ENV_VAR, "").split(os.pathsep)):
+        dirs.append((Path(part).expanduser(), "user"))
+    return dirs
+
+
+def list_models(task: str | None = None, spatial_dims: int | None = None) -> list[ModelEntry]:
+    """Every readable model card with weights beside it; broken cards are skipped, not fatal."""
+    entries: dict[str, ModelEntry] = {}
+    for folder, source in model_dirs():
+        if not folder.is_dir():
+            continue
+        for card_file in sorted(folder.glob("*.json")):
+            weights = card_file.with_suffix(".safetensors")
+            if card_file.name.endswith(".resume.json") or not weights.exists():
+                continue
+            try:
+                card = ModelCard.read(card_file)
+            except ModelCardError:
+                continue
+            if (task is None or card.task == task) and (spatial_dims is None or card.spatial_dims == spatial_dims):
+                entries.setdefault(card.name, ModelEntry(card.name, weights, card, source))
+    return list(entries.values())
+
+
+def resolve(model: str | os.PathLike) -> Path:
+    """A model name from the registry, or a path to ``NAME.safetensors``/``NAME.json``."""
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.suffix in (".safetensors", ".json") or path.exists():
+        weights = path.with_suffix(".safetensors")
+        if not weights.exists():
+            raise FileNotFoundError(f"no weights at {weights}")
+        return weights
+    for entry in list_models():
+        if entry.name == text:
+            return entry.path
+    names = [e.name for e in list_models()]
+    raise ValueError(f"unknown model {text!r}; known models: {names} (or give a path to NAME.safetensors)")
+
+
+def default_model(task: str, spatial_dims: int = 2) -> str:
+    try:
+        return DEFAULTS[(task, spatial_dims)]
+    except KeyError:
+        raise ValueError(f"no shipped default for a {spatial_dims}D {task} model") from None
+
+
+@lru_cache(maxsize=8)
+def _cached(path: str, mtime: float, device: str) -> LoadedModel:
+    return load_model(path, device=device)
+
+
+def get_model(model: str | os.PathLike, device: str = "cpu", task: str | None = None) -> LoadedModel:
+    """Load (once per file version and device) and check the model suits ``task``."""
+    path = resolve(model)
+    loaded = _cached(str(path), path.stat().st_mtime, str(device))
+    if task is not None and loaded.card.task != task:
+        raise ValueError(
+            f"model {loaded.card.name!r} is a {loaded.card.task} model; this needs a {task} model "
+            f"(choose one of {[e.name for e in list_models(task=task)]})"
+        )
+    return loaded

@@ -1,0 +1,163 @@
+"""The one denoising loop: a MONAI scheduler driving a ``DiffusionModelUNet``, as a generator.
+
+Every task goes through :func:`iter_denoise`. It yields a :class:`Step` after each
+network evaluation (so a consumer can show progress and previews, or stop, which
+ends the loop at that yield), and returns the final sample. Tasks change only
+what goes in: the starting sample and timestep, the image channels to condition
+on, class labels with classifier-free guidance, a ``constraint`` applied after
+each step (RePaint), and a custom ``schedule`` with jumps back up (RePaint).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Generator, Sequence
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Step:
+    """Progress after one network evaluation."""
+
+    index: int
+    total: int
+    timestep: int
+    x0: "torch.Tensor | None" = None
+    sample: "torch.Tensor | None" = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Class labels with classifier-free guidance, and/or image channels concatenated to the input.
+
+    ``guidance_scale`` w gives ``eps_u + w * (eps_c - eps_u)``: 1 is the plain
+    conditional model, 0 the unconditional one; other values run the conditional
+    and unconditional halves in one batch.
+    """
+
+    labels: "torch.Tensor | None" = None
+    null_class: int | None = None
+    guidance_scale: float = 1.0
+    image: "torch.Tensor | None" = None
+
+
+def alpha_bar(scheduler, t: int):
+    """Cumulative signal fraction at timestep ``t`` (1 before the first step)."""
+    import torch
+
+    if t < 0:
+        return torch.tensor(1.0)
+    return scheduler.alphas_cumprod[int(t)]
+
+
+def predict_x0(scheduler, sample, eps, t: int):
+    """x0 estimate from an epsilon prediction: (x_t - sqrt(1 - a) eps) / sqrt(a)."""
+    a = alpha_bar(scheduler, t).to(sample.device, sample.dtype)
+    return (sample - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def renoise(scheduler, sample, t_from: int, t_to: int, generator=None):
+    """Diffuse a sample forward from ``t_from`` to ``t_to`` > ``t_from``: q(x_to | x_from)."""
+    import torch
+
+    ratio = (alpha_bar(scheduler, t_to) / alpha_bar(scheduler, t_from)).to(sample.device, sample.dtype)
+    noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+    return ratio.sqrt() * sample + (1 - ratio).sqrt() * noise
+
+
+def predict_noise(network, sample, t: int, cond: Conditioning):
+    """One network evaluation, with guidance halves batched together when needed."""
+    import torch
+
+    n = sample.shape[0]
+    x = sample if cond.image is None else torch.cat([sample, cond.image.to(sample.dtype)], dim=1)
+    ts = torch.full((n,), int(t), device=sample.device, dtype=torch.long)
+    labels, w = cond.labels, cond.guidance_scale
+    if labels is None or w == 1.0:
+        return network(x, timesteps=ts, class_labels=labels)
+    null = torch.full_like(labels, int(cond.null_class))
+    if w == 0.0:
+        return network(x, timesteps=ts, class_labels=null)
+    out = network(torch.cat([x, x]), timesteps=torch.cat([ts, ts]), class_labels=torch.cat([labels, null]))
+    eps_c, eps_u = out[:n], out[n:]
+    return eps_u + w * (eps_c - eps_u)
+
+
+def _scheduler_step(scheduler, eps, t: int, sample, next_t: int | None, generator, eta: float):
+    name = type(scheduler).__name__
+    if name == "DDPMScheduler":
+        return scheduler.step(eps, t, sample, generator=generator)
+    if name == "DDIMScheduler":
+        return scheduler.step(eps, t, sample, eta=eta, generator=generator)
+    if name == "RFlowScheduler":
+        return scheduler.step(eps, t, sample, next_t)
+    return scheduler.step(eps, t, sample)  # PNDM: (prev, None)
+
+
+def iter_denoise(
+    network: "torch.nn.Module",
+    scheduler,
+    sample: "torch.Tensor",
+    *,
+    cond: Conditioning = Conditioning(),
+    start_timestep: int | None = None,
+    schedule: Sequence[int] | None = None,
+    constraint: Callable[["torch.Tensor", int], "torch.Tensor"] | None = None,
+    generator: "torch.Generator | None" = None,
+    eta: float = 0.0,
+    with_x0: bool = True,
+) -> Generator[Step, None, "torch.Tensor"]:
+    """Denoise ``sample`` (already at ``start_timestep``, or pure noise) and return x0.
+
+    ``scheduler.set_timesteps`` must have been called. Without ``schedule`` the
+    loop walks ``scheduler.timesteps`` (those <= ``start_timestep``). A
+    ``schedule`` is a list of timesteps ending in -1 whose downward moves follow
+    the scheduler's stride and whose upward moves re-noise (RePaint jumps).
+    ``constraint(x, t)`` is applied to the sample whenever it reaches timestep
+    ``t`` (-1 for the final sample).
+    """
+    import torch
+
+    name = type(scheduler).__name__
+    if schedule is None:
+        ts = [int(t) for t in scheduler.timesteps if start_timestep is None or int(t) <= start_timestep]
+        if not ts:
+            raise ValueError(f"start_timestep {start_timestep} is below every scheduled timestep")
+        path = ts + [-1]
+        evaluations = len(ts)
+    else:
+        if name not in ("DDPMScheduler", "DDIMScheduler"):
+            raise ValueError(f"a resampling schedule needs DDPMScheduler or DDIMScheduler, not {name}")
+        path = [int(t) for t in schedule]
+        evaluations = sum(1 for a, b in zip(path, path[1:]) if b < a)
+    x = sample
+    index = 0
+    for i, (t, t_next) in enumerate(zip(path, path[1:])):
+        if t_next > t:  # jump back up (RePaint resampling)
+            x = renoise(scheduler, x, t, t_next, generator)
+            continue
+        with torch.inference_mode():
+            eps = predict_noise(network, x, t, cond)
+            nxt = t_next if name == "RFlowScheduler" and t_next >= 0 else None
+            x_prev, x0 = _scheduler_step(scheduler, eps, t, x, nxt, generator, eta)
+            if x0 is None and with_x0:  # PNDM returns no x0 estimate
+                x0 = predict_x0(scheduler, x, eps, t)
+            x = x_prev
+            if constraint is not None:
+                x = constraint(x, t_next)
+        index += 1
+        yield Step(index, evaluations, t, x0 if with_x0 else None, x)
+    return x
+
+
+def run(gen: Generator[Step, None, "torch.Tensor"], on_step: Callable[[Step], None] | None = None):
+    """Drive an ``iter_*`` generator to the end and return its value."""
+    while True:
+        try:
+            step = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if on_step is not None:
+            on_step(step)

@@ -1,0 +1,102 @@
+"""The shipped default models: their cards, data and training settings, one command each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..models.card import ModelCard
+from .datasets import Batches, GridData, template_slices, template_volume
+from .loop import TrainConfig, TrainState, train
+from .templates import load_mni152
+
+SCHEDULER = {"name": "DDPMScheduler", "num_train_timesteps": 1000, "schedule": "linear_beta", "clip_sample": True}
+
+
+@dataclass
+class Recipe:
+    card: Callable[[], ModelCard]
+    data: Callable[[], GridData]
+    kind: str
+    config: TrainConfig
+    lesion_prob: float = 0.0
+
+
+def _t1_slice_card() -> ModelCard:
+    return ModelCard(
+        name="mni_t1_axial_64", task="image", spatial_dims=2, image_size=[64, 64], spacing=[3.0, 3.0],
+        network=dict(spatial_dims=2, in_channels=1, out_channels=1, channels=[32, 64, 64],
+                     attention_levels=[False, False, True], num_res_blocks=1, num_head_channels=32,
+                     norm_num_groups=16, num_class_embeds=3),
+        scheduler=dict(SCHEDULER), class_names=["healthy", "lesion"], null_class=2,
+        description="Axial T1 brain slices (3 mm, 64x64), class-conditional healthy/lesion with a null class "
+                    "for classifier-free guidance. Serves synthesis, inpainting and anomaly heatmaps.",
+    )
+
+
+def _wm_seg_card() -> ModelCard:
+    return ModelCard(
+        name="mni_wm_seg_96", task="segmentation", spatial_dims=2, image_size=[96, 96], spacing=[2.0, 2.0],
+        network=dict(spatial_dims=2, in_channels=2, out_channels=1, channels=[16, 32, 64],
+                     attention_levels=[False, False, False], num_res_blocks=1, norm_num_groups=8),
+        scheduler=dict(SCHEDULER), condition_channels=1, class_names=[],
+        description="White-matter segmentation of axial T1 slices (2 mm, 96x96) in the style of Wolleb et al. "
+                    "2022: the image is concatenated to the noisy mask; masks are the MNI152 white-matter "
+                    "probability map thresholded by a smooth uniform random field.",
+    )
+
+
+def _t1_volume_card() -> ModelCard:
+    return ModelCard(
+        name="mni_t1_volume_32", task="image", spatial_dims=3, image_size=[32, 40, 32], spacing=[5.0, 5.0, 5.0],
+        network=dict(spatial_dims=3, in_channels=1, out_channels=1, channels=[16, 32, 64],
+                     attention_levels=[False, False, False], num_res_blocks=1, norm_num_groups=8),
+        scheduler=dict(SCHEDULER), slice_axis=None,
+        description="Whole-brain T1 volumes at 5 mm (32x40x32) for volume synthesis.",
+    )
+
+
+RECIPES: dict[str, Recipe] = {
+    "mni_t1_axial_64": Recipe(
+        _t1_slice_card, lambda: template_slices(load_mni152(1), (64, 64), (3.0, 3.0)), "image",
+        TrainConfig(steps=5000, batch_size=16, lr=3e-4, checkpoint_every=100, val_every=250), lesion_prob=0.5,
+    ),
+    "mni_wm_seg_96": Recipe(
+        _wm_seg_card, lambda: template_slices(load_mni152(1), (96, 96), (2.0, 2.0), prob="wm"), "segmentation",
+        TrainConfig(steps=2500, batch_size=12, lr=3e-4, checkpoint_every=100, val_every=250),
+    ),
+    "mni_t1_volume_32": Recipe(
+        _t1_volume_card, lambda: template_volume(load_mni152(1), (32, 40, 32), (5.0, 5.0, 5.0)), "image",
+        TrainConfig(steps=2000, batch_size=4, lr=3e-4, checkpoint_every=100, val_every=250),
+    ),
+}
+
+
+def train_default(name: str, out_dir: str | Path, steps: int | None = None, resume: bool = True,
+                  device: str = "auto", log=print) -> TrainState:
+    """Train (or resume) one shipped model into ``out_dir/NAME.safetensors`` + card."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown default model {name!r}; choose one of {sorted(RECIPES)}")
+    recipe = RECIPES[name]
+    config = recipe.config
+    if steps is not None:
+        config.steps = steps
+    config.device = device
+    data = recipe.data()
+    train_data = data.split(held_out=False) if data.held_out.any() else data
+    held = data.split(held_out=True) if data.held_out.any() else data
+    batches = Batches(train_data, config.batch_size, recipe.kind, recipe.lesion_prob, seed=config.seed)
+    val = next(Batches(held, min(32, 4 * config.batch_size), recipe.kind, recipe.lesion_prob,
+                       seed=config.seed + 1, augment=False))
+    card = recipe.card()
+    card.training = {
+        "command": f"napari-diffmed train-default {name} --out {out_dir}",
+        "data": "nilearn MNI152 2009a symmetric templates (T1"
+                + (", white-matter probability)" if recipe.kind == "segmentation" else ")")
+                + ("; procedural lesions (training style)" if recipe.lesion_prob else ""),
+        "held_out": "axial slabs: (slice // 12) % 6 == 3 of the slices on the 1 mm template"
+        if data.held_out.any() else "none (single volume)",
+        "train_items": int(len(train_data.images)), "held_out_items": int(len(held.images)),
+    }
+    return train(card, batches, val, config, Path(out_dir) / name, resume=resume, log=log)

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny models saved as real cards + safetensors, and small scans."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("NAPARI_DIFFMED_MODELS", "")
+
+
+def _save_tiny(tmp_path_factory, card_kwargs: dict, seed: int = 0):
+    import torch
+
+    from napari_diffmed.models import ModelCard, build_network, save_model
+
+    card = ModelCard(**card_kwargs)
+    torch.manual_seed(seed)
+    net = build_network(card)
+    folder = tmp_path_factory.mktemp("models")
+    return save_model(net, card, folder / card.name)
+
+
+TINY_NET = dict(channels=[8, 16], attention_levels=[False, False], num_res_blocks=1, norm_num_groups=8)
+SCHEDULER = {"name": "DDPMScheduler", "num_train_timesteps": 1000, "schedule": "linear_beta", "clip_sample": True}
+
+
+@pytest.fixture(scope="session")
+def tiny_image_model(tmp_path_factory):
+    """Path to a tiny class-conditional 2D image model (16x16, random weights)."""
+    return _save_tiny(tmp_path_factory, dict(
+        name="tiny_image", task="image", spatial_dims=2, image_size=[16, 16], spacing=[4.0, 4.0],
+        network=dict(spatial_dims=2, in_channels=1, out_channels=1, num_class_embeds=3, **TINY_NET),
+        scheduler=dict(SCHEDULER), class_names=["healthy", "lesion"], null_class=2,
+    ))
+
+
+@pytest.fixture(scope="session")
+def tiny_seg_model(tmp_path_factory):
+    """Path to a tiny image-conditioned 2D segmentation model (16x16, random weights)."""
+    return _save_tiny(tmp_path_factory, dict(
+        name="tiny_seg", task="segmentation", spatial_dims=2, image_size=[16, 16], spacing=[4.0, 4.0],
+        network=dict(spatial_dims=2, in_channels=2, out_channels=1, **TINY_NET),
+        scheduler=dict(SCHEDULER), condition_channels=1,
+    ))
+
+
+@pytest.fixture(scope="session")
+def tiny_volume_model(tmp_path_factory):
+    """Path to a tiny unconditional 3D image model (8x8x8, random weights)."""
+    return _save_tiny(tmp_path_factory, dict(
+        name="tiny_volume", task="image", spatial_dims=3, image_size=[8, 8, 8], spacing=[8.0, 8.0, 8.0],
+        network=dict(spatial_dims=3, in_channels=1, out_channels=1, **TINY_NET),
+        scheduler=dict(SCHEDULER), slice_axis=None,
+    ))
+
+
+@pytest.fixture
+def small_volume():
+    """A small brain-like volume (z, y, x) with a bright lesion, its mask and spacing."""
+    from napari_diffmed.sample_data import make_phantom
+
+    return make_phantom(shape=(6, 32, 32), spacing=(3.0, 2.0, 2.0), seed=0)

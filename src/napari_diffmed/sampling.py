@@ -43,6 +43,34 @@ class Conditioning:
     image: "torch.Tensor | None" = None
 
 
+SCHEDULER_NAMES = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "rflow": "RFlowScheduler"}
+
+
+def make_scheduler(card, name: str | None, steps: int, device=None):
+    """A MONAI scheduler for ``card``'s noise schedule with ``steps`` inference steps set.
+
+    ``name`` is a MONAI class name or its short form (ddpm, ddim, pndm, rflow).
+    MONAI's ``DDPMScheduler.step`` always moves from t to t-1, so DDPM runs every
+    training timestep; DDIM and PNDM take any number of steps.
+    """
+    from .models.checkpoint import build_scheduler
+
+    cls = SCHEDULER_NAMES.get(str(name).lower(), name) if name else card.scheduler["name"]
+    if cls not in SCHEDULER_NAMES.values():
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULER_NAMES)}")
+    n_train = int(card.scheduler.get("num_train_timesteps", 1000))
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= n_train:
+        raise ValueError(f"steps must be a whole number from 1 to {n_train}, got {steps!r}")
+    if cls == "DDPMScheduler" and steps != n_train:
+        raise ValueError(
+            f"DDPM steps one training timestep at a time, so it needs steps={n_train} (got {steps}); "
+            "use DDIM or PNDM for fewer steps"
+        )
+    scheduler = build_scheduler(card, cls)
+    scheduler.set_timesteps(steps, device=device)
+    return scheduler
+
+
 def alpha_bar(scheduler, t: int):
     """Cumulative signal fraction at timestep ``t`` (1 before the first step)."""
     import torch

@@ -95,6 +95,18 @@ def renoise(scheduler, sample, t_from: int, t_to: int, generator=None):
     return ratio.sqrt() * sample + (1 - ratio).sqrt() * noise
 
 
+def clip_noise(scheduler, sample, eps, t: int, low: float = -1.0, high: float = 1.0):
+    """Re-derive epsilon from the clipped x0 estimate (GLIDE's "clipped model output").
+
+    MONAI's schedulers clip x0 but keep the raw epsilon for the direction term;
+    with an imperfect network the two disagree at high noise and samples wash
+    out. Feeding the scheduler this consistent epsilon fixes that.
+    """
+    a = alpha_bar(scheduler, t).to(sample.device, sample.dtype)
+    x0 = predict_x0(scheduler, sample, eps, t).clamp(low, high)
+    return (sample - a.sqrt() * x0) / (1 - a).sqrt()
+
+
 def predict_noise(network, sample, t: int, cond: Conditioning):
     """One network evaluation, with guidance halves batched together when needed."""
     import torch
@@ -136,6 +148,7 @@ def iter_denoise(
     generator: "torch.Generator | None" = None,
     eta: float = 0.0,
     with_x0: bool = True,
+    clip: bool = True,
 ) -> Generator[Step, None, "torch.Tensor"]:
     """Denoise ``sample`` (already at ``start_timestep``, or pure noise) and return x0.
 
@@ -144,7 +157,8 @@ def iter_denoise(
     ``schedule`` is a list of timesteps ending in -1 whose downward moves follow
     the scheduler's stride and whose upward moves re-noise (RePaint jumps).
     ``constraint(x, t)`` is applied to the sample whenever it reaches timestep
-    ``t`` (-1 for the final sample).
+    ``t`` (-1 for the final sample). ``clip`` keeps x0 estimates on [-1, 1]
+    consistently (see :func:`clip_noise`).
     """
     import torch
 
@@ -168,6 +182,8 @@ def iter_denoise(
             continue
         with torch.inference_mode():
             eps = predict_noise(network, x, t, cond)
+            if clip and name != "RFlowScheduler":
+                eps = clip_noise(scheduler, x, eps, t)
             nxt = t_next if name == "RFlowScheduler" and t_next >= 0 else None
             x_prev, x0 = _scheduler_step(scheduler, eps, t, x, nxt, generator, eta)
             if x0 is None and with_x0:  # PNDM returns no x0 estimate

@@ -34,23 +34,46 @@ def _to_napari_matrix(affine: np.ndarray, spatial: int) -> np.ndarray:
     return out
 
 
+def _label_dtype(data: np.ndarray, preferred: type = np.int16) -> type:
+    """``preferred`` signed integer type, widened until it holds every value of ``data``."""
+    if not data.size:
+        return preferred
+    lo, hi = np.min(data), np.max(data)
+    for dtype in (preferred, np.int32, np.int64):
+        info = np.iinfo(dtype)
+        if np.dtype(dtype).itemsize >= np.dtype(preferred).itemsize and info.min <= lo and hi <= info.max:
+            return dtype
+    raise ValueError(f"label values {lo}..{hi} do not fit a 64-bit integer")
+
+
+def chmod_by_umask(path: str | os.PathLike) -> None:
+    """Give a ``tempfile.mkstemp`` file (mode 0600) the permissions a plain ``open()`` would have."""
+    try:
+        with open("/proc/self/status") as fh:  # Linux: read the umask without changing it
+            umask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def image_to_layer_data(img, name: str = "image", as_labels: bool | None = None) -> tuple[np.ndarray, dict, str]:
     """Convert a nibabel image into ``(data, layer_kwargs, layer_type)`` in napari order."""
     import nibabel as nib
 
     if img.ndim > 4 or img.ndim < 2:
         raise ValueError(f"{name}: NIfTI images with {img.ndim} axes are not supported (2 to 4 are)")
+    source = img
+    if img.ndim == 2:  # nibabel cannot reorient 2D arrays with a 3D affine: add the singleton z axis
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine)
     canonical = nib.as_closest_canonical(img)
     data = np.asanyarray(canonical.dataobj)
     if img.ndim == 4:  # (x, y, z, t) -> (t, z, y, x)
         data = np.transpose(data, (3, 2, 1, 0))
     else:
-        data = np.transpose(data, tuple(range(data.ndim))[::-1])
+        data = np.transpose(data, (2, 1, 0))
     affine3 = canonical.affine.copy()  # always 4x4 for (x, y, z)
     lead = 1 if img.ndim == 4 else 0
-    spatial_shape = data.shape[lead:]
-    if len(spatial_shape) == 2:  # 2D NIfTI: pretend a singleton z axis then squeeze it below
-        data = data[..., None, :, :] if lead == 0 else data[:, None]
     napari_affine = _to_napari_matrix(affine3, 3)
     keep = [i for i, n in enumerate(data.shape[lead:]) if n > 1]
     if len(keep) < 2:
@@ -62,6 +85,7 @@ def image_to_layer_data(img, name: str = "image", as_labels: bool | None = None)
     linear = sub[:-1, :-1]
     spacing = np.sqrt((linear**2).sum(axis=0))
     oblique = not np.allclose(linear, np.diag(np.diag(linear)), atol=1e-6 * max(1.0, spacing.max()))
+    img = source
     header = img.header
     intent = int(header.get("intent_code", 0)) if hasattr(header, "get") else 0
     integer = np.issubdtype(data.dtype, np.integer)
@@ -71,7 +95,7 @@ def image_to_layer_data(img, name: str = "image", as_labels: bool | None = None)
     if as_labels:
         if not integer and not np.allclose(data, np.round(data)):
             raise ValueError(f"{name}: cannot open as labels, the voxels are not whole numbers")
-        data = np.asarray(data).astype(np.int32 if data.dtype.itemsize >= 4 else np.int16)
+        data = np.asarray(data).astype(_label_dtype(data, np.int32 if data.dtype.itemsize >= 4 else np.int16))
     else:
         data = np.asarray(data, dtype=np.float32)
     ndim = data.ndim
@@ -106,7 +130,12 @@ def read_nifti(path: str | os.PathLike, as_labels: bool | None = None) -> tuple[
         img = nib.load(str(path))
     except Exception as err:  # nibabel raises many kinds for corrupt files
         raise ValueError(f"cannot read {path}: {err}") from None
-    return image_to_layer_data(img, name=str(path), as_labels=as_labels)
+    try:  # nibabel reads lazily: a truncated or corrupt file fails only here
+        return image_to_layer_data(img, name=str(path), as_labels=as_labels)
+    except ValueError:
+        raise
+    except Exception as err:  # EOFError, zlib.error, OSError ...
+        raise ValueError(f"cannot read {path}: the file is truncated or corrupt ({type(err).__name__}: {err})") from err
 
 
 def layer_to_image(data: np.ndarray, metadata: dict | None, labels: bool = False, scale=None, translate=None):
@@ -117,7 +146,7 @@ def layer_to_image(data: np.ndarray, metadata: dict | None, labels: bool = False
     if labels:
         if np.issubdtype(data.dtype, np.floating) and not np.allclose(data, np.round(data)):
             raise ValueError("labels must hold whole numbers")
-        data = data.astype(np.int16 if data.size and np.abs(data).max() < 32767 else np.int32)
+        data = data.astype(_label_dtype(data))
     else:
         data = data.astype(np.float32)
     meta = metadata or {}
@@ -145,8 +174,8 @@ def layer_to_image(data: np.ndarray, metadata: dict | None, labels: bool = False
         arr = np.transpose(data, tuple(range(data.ndim))[::-1])
         k = min(arr.ndim, 3)
         affine = np.eye(4)
-        sc = list(scale or [1.0] * data.ndim)[::-1][:k]
-        tr = list(translate or [0.0] * data.ndim)[::-1][:k]
+        sc = list(scale if scale is not None else [1.0] * data.ndim)[::-1][:k]
+        tr = list(translate if translate is not None else [0.0] * data.ndim)[::-1][:k]
         for i in range(k):
             affine[i, i] = sc[i]
             affine[i, 3] = tr[i]
@@ -179,7 +208,18 @@ def write_nifti(
     os.close(fd)
     try:
         nib.save(img, tmp)
-        os.replace(tmp, path)
+        chmod_by_umask(tmp)
+        if overwrite:
+            os.replace(tmp, path)
+        else:  # a hard link never replaces a file that appeared meanwhile
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it") from None
+            except OSError:  # no hard links on this file system
+                if path.exists():
+                    raise FileExistsError(f"{path} exists; pass overwrite=True to replace it") from None
+                os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

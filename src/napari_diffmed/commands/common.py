@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..device import DEVICE_CHOICES
 
@@ -34,3 +35,59 @@ def printer(quiet: bool):
             end = "\n" if event.done >= event.total else "\r"
             print(f"  {event.message or 'step'} {event.done}/{event.total}", end=end, flush=True)
     return show
+
+
+def file_runner(command: str, *positional: str) -> Callable[..., list[Path]]:
+    """``run_file(path, out_dir, **settings) -> list[Path]``: subcommand ``command`` on one scan.
+
+    This is the Dask entry point (:mod:`napari_diffmed.distributed`): ``settings`` are the
+    command's options by their Python names (``steps=20``, ``class_name="healthy"``,
+    ``overwrite=True``), checked by the command's own parser; ``positional`` names the
+    further positional arguments to take from ``settings`` (inpainting's ``mask``). Returns
+    the files the run wrote.
+    """
+
+    def run_file(path: str | os.PathLike, out_dir: str | os.PathLike, **settings: Any) -> list[Path]:
+        from ..cli import build_parser
+
+        parser = build_parser()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+        missing = [name for name in positional if name not in settings]
+        if missing:
+            raise ValueError(f"{command} needs {missing} for {path}")
+        argv = [command, str(path), *(str(settings.pop(name)) for name in positional), "--out", str(out_dir)]
+        argv += _options(sub, command, {"quiet": True, **settings})
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:
+            raise ValueError(f"invalid {command} settings {settings} (see napari-diffmed {command} --help)") from None
+        out = Path(out_dir)
+        before = _stamps(out)
+        args.func(args)
+        return sorted(p for p, stamp in _stamps(out).items() if before.get(p) != stamp)
+
+    run_file.__name__ = run_file.__qualname__ = "run_file"
+    return run_file
+
+
+def _options(parser: argparse.ArgumentParser, command: str, settings: dict[str, Any]) -> list[str]:
+    """Settings as command-line options of ``parser``."""
+    by_dest = {a.dest: a for a in parser._actions if a.option_strings}
+    unknown = sorted(set(settings) - set(by_dest))
+    if unknown:
+        raise ValueError(f"unknown {command} settings {unknown}; known: {sorted(set(by_dest) - {'help'})}")
+    argv: list[str] = []
+    for key, value in settings.items():
+        action = by_dest[key]
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            argv += [flag] if value else []
+        elif value is not None:
+            argv += [flag, *(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))]
+    return argv
+
+
+def _stamps(folder: Path) -> dict[Path, tuple[int, int]]:
+    if not folder.is_dir():
+        return {}
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()}

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..io import chmod_by_umask
 from .card import ModelCard, ModelCardError, sha256_file
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        chmod_by_umask(tmp)  # mkstemp makes 0600 files; weights and cards are meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -155,7 +155,7 @@ def train(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = diffusion_loss(net, scheduler, x, cond, labels) / config.grad_accum
             scaler.scale(loss).backward()
-            total += float(loss)
+            total += float(loss.detach())
         lr = config.lr * min(1.0, (state.step + 1) / config.warmup)
         lr *= 0.5 * (1 + math.cos(math.pi * min(1.0, state.step / max(1, config.steps))))  # cosine decay
         for group in opt.param_groups:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -60,15 +60,15 @@ def _t1_volume_card() -> ModelCard:
 RECIPES: dict[str, Recipe] = {
     "mni_t1_axial_64": Recipe(
         _t1_slice_card, lambda: template_slices(load_mni152(1), (64, 64), (3.0, 3.0)), "image",
-        TrainConfig(steps=5000, batch_size=16, lr=3e-4, checkpoint_every=100, val_every=250), lesion_prob=0.5,
+        TrainConfig(steps=3600, batch_size=16, lr=3e-4, checkpoint_every=100, val_every=250), lesion_prob=0.5,
     ),
     "mni_wm_seg_96": Recipe(
         _wm_seg_card, lambda: template_slices(load_mni152(1), (96, 96), (2.0, 2.0), prob="wm"), "segmentation",
-        TrainConfig(steps=2500, batch_size=12, lr=3e-4, checkpoint_every=100, val_every=250),
+        TrainConfig(steps=1500, batch_size=12, lr=3e-4, checkpoint_every=100, val_every=250),
     ),
     "mni_t1_volume_32": Recipe(
         _t1_volume_card, lambda: template_volume(load_mni152(1), (32, 40, 32), (5.0, 5.0, 5.0)), "image",
-        TrainConfig(steps=2000, batch_size=4, lr=3e-4, checkpoint_every=100, val_every=250),
+        TrainConfig(steps=1000, batch_size=4, lr=3e-4, checkpoint_every=100, val_every=250),
     ),
 }
 
@@ -79,10 +79,7 @@ def train_default(name: str, out_dir: str | Path, steps: int | None = None, resu
     if name not in RECIPES:
         raise ValueError(f"unknown default model {name!r}; choose one of {sorted(RECIPES)}")
     recipe = RECIPES[name]
-    config = recipe.config
-    if steps is not None:
-        config.steps = steps
-    config.device = device
+    config = replace(recipe.config, steps=recipe.config.steps if steps is None else steps, device=device)
     data = recipe.data()
     train_data = data.split(held_out=False) if data.held_out.any() else data
     held = data.split(held_out=True) if data.held_out.any() else data
@@ -91,7 +88,7 @@ def train_default(name: str, out_dir: str | Path, steps: int | None = None, resu
                        seed=config.seed + 1, augment=False))
     card = recipe.card()
     card.training = {
-        "command": f"napari-diffmed train-default {name} --out {out_dir}",
+        "command": f"napari-diffmed train --recipe {name} --steps {config.steps} --out {out_dir}",
         "data": "nilearn MNI152 2009a symmetric templates (T1"
                 + (", white-matter probability)" if recipe.kind == "segmentation" else ")")
                 + ("; procedural lesions (training style)" if recipe.lesion_prob else ""),

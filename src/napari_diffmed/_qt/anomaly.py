@@ -1,0 +1,176 @@
+"""Anomaly map widget: heatmap overlay, pseudo-healthy scan and a re-thresholdable anomaly mask."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FloatSlider, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
+from napari.utils.notifications import show_error
+
+from ..anomaly import DEFAULTS, LIMITS, METHODS, AnomalyResult, parse_slices
+from .jobs import JobRunner
+
+if TYPE_CHECKING:
+    import napari
+
+GEOMETRY = ("scale", "translate", "rotate", "shear")
+
+
+class AnomalyWidget(Container):
+    """Pick a scan, a model and a method; Run adds the heatmap (inferno, additive), the pseudo-healthy
+    reconstruction and an anomaly mask whose threshold slider re-cuts the map without the model."""
+
+    def __init__(self, viewer: "napari.viewer.Viewer") -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.image = ComboBox(label="image", choices=self._layers("image"))
+        self.model = ComboBox(label="model", choices=self._models())
+        self.method = ComboBox(label="method", choices=list(METHODS), value=DEFAULTS.method)
+        self.level = SpinBox(label="noise level", min=LIMITS["level"][0], max=LIMITS["level"][1], value=DEFAULTS.level,
+                             tooltip="noising timestep of 1000 (gaussian, simplex)")
+        self.depth = SpinBox(label="inversion depth", min=LIMITS["depth"][0], max=LIMITS["depth"][1],
+                             value=DEFAULTS.depth, tooltip="DDIM inversion timestep of 1000 (ddim)")
+        self.guidance = FloatSpinBox(label="guidance", min=0.0, max=LIMITS["guidance"][1], step=0.5,
+                                     value=DEFAULTS.guidance, tooltip="classifier-free guidance towards 'healthy'")
+        self.reconstructions = SpinBox(label="reconstructions", min=1, max=LIMITS["reconstructions"][1],
+                                       value=DEFAULTS.reconstructions)
+        self.steps = SpinBox(label="DDIM steps", min=1, max=1000, value=DEFAULTS.steps)
+        self.smoothing = FloatSpinBox(label="smoothing (mm)", min=0.0, max=LIMITS["smoothing"][1], step=0.5,
+                                      value=DEFAULTS.smoothing)
+        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=DEFAULTS.seed or 0)
+        self.slices = LineEdit(label="slices", value="", tooltip="e.g. 40:52 or 3,5,7; empty = all slices")
+        self.reference = ComboBox(label="reference lesions", choices=self._layers("labels"), nullable=True, value=None)
+        self.run_button, self.cancel_button = PushButton(text="Run"), PushButton(text="Cancel")
+        self.status = Label(value="")
+        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.001, value=0.0, enabled=False)
+        self.metrics = Label(value="")
+        self.extend([self.image, self.model, self.method, self.level, self.depth, self.guidance, self.reconstructions,
+                     self.steps, self.smoothing, self.seed, self.slices, self.reference,
+                     Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+                     self.status, self.threshold, self.metrics])
+        self.runner = JobRunner(self.run_button, self.cancel_button, self.status)
+        self.result: AnomalyResult | None = None
+        self.result_layers: dict[str, Any] = {}
+        self._preview = None
+        self._scores: dict[str, float] | None = None
+        self._reference: np.ndarray | None = None
+        self.run_button.changed.connect(self._run)
+        self.threshold.changed.connect(self._rethreshold)
+        self.method.changed.connect(self._show_level)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        self._show_level()
+
+    def _layers(self, kind: str):
+        from napari.layers import Image, Labels
+
+        cls = Image if kind == "image" else Labels
+        return lambda *_: [layer for layer in self.viewer.layers if isinstance(layer, cls)]
+
+    @staticmethod
+    def _models() -> list[str]:
+        from ..models import default_model, list_models
+
+        names = [entry.name for entry in list_models(task="image")]
+        first = default_model("image", 2)
+        return sorted(names, key=lambda n: n != first)
+
+    def _show_level(self, *_: Any) -> None:
+        self.level.visible = self.method.value != "ddim"
+        self.depth.visible = self.method.value == "ddim"
+
+    def settings(self) -> dict[str, Any]:
+        """The widget's values as :class:`AnomalySettings` fields."""
+        chosen = {"depth": self.depth.value} if self.method.value == "ddim" else {"level": self.level.value}
+        return dict(method=self.method.value, guidance=float(self.guidance.value), steps=self.steps.value,
+                    reconstructions=self.reconstructions.value, smoothing=float(self.smoothing.value),
+                    seed=self.seed.value, **chosen)
+
+    def _run(self, *_: Any) -> None:
+        from ..anomaly import iter_anomaly_map, planned_calls
+        from ..models import list_models
+
+        layer, model = self.image.value, self.model.value
+        try:
+            if layer is None or model is None:
+                raise ValueError("choose an image layer and a model (set NAPARI_DIFFMED_MODELS for your own models)")
+            if layer.rgb or layer.multiscale or layer.ndim not in (2, 3):
+                raise ValueError(f"layer {layer.name!r} must be a single-channel 2D image or 3D volume")
+            data = np.array(layer.data, dtype=np.float32)  # a copy: the layer is never touched
+            spacing = tuple(layer.metadata.get("spacing", layer.scale))
+            indices, settings = parse_slices(self.slices.value), self.settings()
+            replace(DEFAULTS, **settings)  # checks the values
+        except ValueError as err:
+            show_error(str(err))
+            return
+        source, reference = layer, self.reference.value
+        self._reference = None if reference is None else np.asarray(reference.data) > 0
+        self._scores = None
+        card = next(e.card for e in list_models(task="image") if e.name == model)
+        n = 1 if card.spatial_dims == 3 or data.ndim == 2 else len(set(indices or range(data.shape[0])))
+        job = lambda: iter_anomaly_map(data, spacing, indices=indices, model=model,  # noqa: E731
+                                       preview_interval=0.5, **settings)
+        self.runner.start(job, total=planned_calls(card, n, replace(DEFAULTS, **settings)),
+                          on_done=lambda r: self._show(r, source, self._reference),
+                          on_preview=lambda e: self._show_preview(e.preview, source), description="anomaly map")
+
+    def _kwargs(self, source) -> dict[str, Any]:
+        kw = {name: getattr(source, name) for name in GEOMETRY}
+        return {**kw, "affine": source.affine.affine_matrix, "metadata": dict(source.metadata)}
+
+    def _show_preview(self, preview: np.ndarray, source) -> None:
+        if self._preview is None or self._preview not in self.viewer.layers:
+            self._preview = self.viewer.add_image(preview, name=f"{source.name} reconstruction (running)",
+                                                  colormap="gray", **self._kwargs(source))
+        else:
+            self._preview.data = preview
+
+    def _show(self, result: AnomalyResult, source, reference: np.ndarray | None) -> None:
+        if self._preview is not None and self._preview in self.viewer.layers:
+            self.viewer.layers.remove(self._preview)
+        self._preview = None
+        self.result, kw, name = result, self._kwargs(source), source.name
+        inside = result.heatmap[result.brain_mask]
+        low, high = (np.percentile(inside, [50, 99.5]) if inside.size else (0.0, 1.0))
+        self.result_layers = {
+            "reconstruction": self.viewer.add_image(result.reconstruction, name=f"{name} pseudo-healthy",
+                                                    colormap="gray", contrast_limits=source.contrast_limits, **kw),
+            "heatmap": self.viewer.add_image(result.heatmap, name=f"{name} anomaly heatmap", colormap="inferno",
+                                             blending="additive", opacity=0.7,
+                                             contrast_limits=(float(low), float(max(high, low + 1e-6))), **kw),
+            "labels": self.viewer.add_labels(result.labels(), name=f"{name} anomaly mask", opacity=0.5, **kw),
+        }
+        if result.variance is not None:
+            self.result_layers["variance"] = self.viewer.add_image(
+                result.variance, name=f"{name} anomaly variance", colormap="magma", blending="additive",
+                visible=False, **kw)
+        if reference is not None and reference.shape == result.heatmap.shape:
+            from ..evaluation.anomaly import anomaly_scores
+
+            try:
+                self._scores = anomaly_scores(result.heatmap, reference, mask=result.brain_mask)
+            except ValueError as err:
+                self.metrics.value = f"no scores: {err}"
+        top = float(max(result.heatmap.max(), result.threshold, 1e-6))
+        self.threshold.max, self.threshold.step = top, top / 1000
+        self.threshold.enabled = True
+        self.threshold.value = result.threshold
+        self._rethreshold()
+
+    def _rethreshold(self, *_: Any) -> None:
+        """Re-cut the anomaly mask from the stored heatmap (no model call)."""
+        if self.result is None:
+            return
+        labels = self.result_layers.get("labels")
+        if labels is not None and labels in self.viewer.layers:
+            labels.data = self.result.labels(self.threshold.value)
+        if self._scores is not None:
+            from ..evaluation.anomaly import dice
+
+            s = self._scores
+            d = dice(self.result.labels(self.threshold.value), self._reference, self.result.brain_mask)
+            self.metrics.value = (f"AUROC {s['auroc']:.3f}  AUPRC {s['auprc']:.3f}\n"
+                                  f"best Dice {s['best_dice']:.3f} (at {s['best_threshold']:.3g})  "
+                                  f"Dice here {d:.3f}")

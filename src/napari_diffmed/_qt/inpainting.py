@@ -1,0 +1,287 @@
+"""Plugins > napari-diffmed > Inpaint: fill a painted Labels (or Shapes) region with RePaint proposals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from napari.layers import Image, Labels, Shapes
+from napari.utils.notifications import show_error, show_info
+
+from ..device import DEVICE_CHOICES
+from ..inpainting import DEFAULTS, MODES, count_network_calls, describe, repaint_schedule, resample_mask
+from ..models import ModelCard, ModelCardError, list_models
+from .jobs import JobRunner
+
+if TYPE_CHECKING:
+    import napari
+
+REGIONS = ("whole volume", "current slice", "slice range")
+
+
+def world_matrix(layer) -> np.ndarray:
+    """A layer's (ndim+1)^2 data -> world matrix, probed through its public ``data_to_world``."""
+    n = layer.ndim
+    origin = np.asarray(layer.data_to_world(np.zeros(n)), dtype=float)
+    matrix = np.eye(n + 1)
+    for i in range(n):
+        matrix[:n, i] = np.asarray(layer.data_to_world(np.eye(n)[i]), dtype=float) - origin
+    matrix[:n, n] = origin
+    return matrix
+
+
+def mask_for(image: Image, layer: Labels | Shapes) -> tuple[np.ndarray, list[str]]:
+    """The mask layer as a mask on ``image``'s voxel grid (Shapes are rasterised; other grids resampled)."""
+    shape, notes = tuple(image.data.shape), []
+    if layer.ndim != image.ndim:
+        raise ValueError(f"mask layer {layer.name!r} has {layer.ndim} axes but image {image.name!r} has {image.ndim}")
+    to_image = np.linalg.inv(world_matrix(image)) @ world_matrix(layer)
+    if isinstance(layer, Shapes):
+        if not len(layer.data):
+            return np.zeros(shape, bool), notes
+        moved = [(np.c_[v, np.ones(len(v))] @ to_image.T)[:, :-1] for v in layer.data]
+        return Shapes(moved, shape_type=layer.shape_type).to_labels(labels_shape=shape) > 0, notes
+    data = np.asarray(layer.data)
+    if data.shape == shape and np.allclose(to_image, np.eye(len(shape) + 1), atol=1e-6):
+        return data.copy(), notes
+    out = resample_mask(data, world_matrix(layer), shape, world_matrix(image))
+    notes.append(f"mask {layer.name!r} {data.shape} lies on another grid than {image.name!r} {shape}; "
+                 f"resampled onto the image's grid: {int((data != 0).sum())} -> {int(out.sum())} voxels")
+    return out, notes
+
+
+def _placement(layer: Image, lead: int = 0) -> dict[str, Any]:
+    """Where ``layer`` sits in the world (scale/translate, or an affine), with ``lead`` extra leading axes."""
+    meta = {k: v for k, v in layer.metadata.items() if k != "provenance"}
+    matrix, n = world_matrix(layer), layer.ndim
+    if np.allclose(matrix[:n, :n], np.diag(np.diag(matrix[:n, :n]))):
+        return {"scale": (1.0,) * lead + tuple(np.diag(matrix)[:n]), "translate": (0.0,) * lead + tuple(matrix[:n, n]),
+                "metadata": meta}
+    full = np.eye(n + lead + 1)
+    full[lead:, lead:] = matrix
+    return {"affine": full, "metadata": meta}
+
+
+class InpaintingWidget(Container):
+    """Choose the scan, the painted mask, the model and the schedule; Run adds proposals, mean and variance."""
+
+    def __init__(self, viewer: "napari.viewer.Viewer") -> None:
+        self.viewer = viewer
+        preset = MODES[DEFAULTS.mode]
+        self.image = ComboBox(label="image", choices=lambda _: self._layers(Image), nullable=True)
+        self.mask = ComboBox(label="mask (Labels/Shapes)", choices=lambda _: self._layers((Labels, Shapes))[::-1],
+                             nullable=True)
+        names = [entry.name for entry in list_models(task="image")]
+        self.model = ComboBox(label="model", choices=names, value=DEFAULTS.model if DEFAULTS.model in names else None,
+                              nullable=True)
+        self.model_file = FileEdit(label="or model file", mode="r", filter="*.safetensors", nullable=True)
+        self.class_name = ComboBox(label="class", choices=[])
+        self.mode = ComboBox(label="mode", choices=list(MODES), value=DEFAULTS.mode)
+        self.steps = SpinBox(label="steps", min=2, max=1000, value=preset.steps)
+        self.jump_length = SpinBox(label="jump length", min=1, max=999, value=preset.jump_length)
+        self.resamplings = SpinBox(label="resamplings", min=1, max=50, value=preset.resamplings)
+        self.calls = Label(value="")
+        self.proposals = SpinBox(label="proposals", min=1, max=64, value=DEFAULTS.proposals)
+        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=DEFAULTS.seed)
+        self.region = ComboBox(label="region", choices=list(REGIONS), value=REGIONS[0])
+        self.axis = SpinBox(label="slice axis", min=0, max=2, value=DEFAULTS.axis)
+        self.first = SpinBox(label="first slice", min=0, max=100_000, value=0)
+        self.last = SpinBox(label="last slice", min=0, max=100_000, value=0)
+        self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
+        self.run_button, self.cancel_button = PushButton(text="Run"), PushButton(text="Cancel")
+        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
+        self.status = Label(value="")
+        self.chosen = SpinBox(label="proposal", min=0, max=63, value=0)
+        self.accept_button = PushButton(text="Accept proposal as a new layer")
+        super().__init__(widgets=[
+            self.image, self.mask, self.model, self.model_file, self.class_name, self.mode, self.steps,
+            self.jump_length, self.resamplings, self.calls, self.proposals, self.seed, self.region, self.axis,
+            self.first, self.last, self.device, self.run_button, self.cancel_button, self.progress, self.status,
+            self.chosen, self.accept_button,
+        ])
+        self.runner = JobRunner(self.run_button, self.cancel_button, self.status)
+        self.worker = None
+        self._card: ModelCard | None = None
+        self.result_layer: Image | None = None
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._refresh_layers)
+        self._refresh_layers()
+        self.model.changed.connect(self._model_changed)
+        self.model_file.changed.connect(self._model_changed)
+        self.mode.changed.connect(self._mode_changed)
+        for spin in (self.steps, self.jump_length, self.resamplings):
+            spin.changed.connect(self._update_calls)
+        self.run_button.changed.connect(self.run)
+        self.accept_button.changed.connect(self.accept)
+        self._model_changed()
+
+    # --- choices ------------------------------------------------------------------------------------
+
+    def _layers(self, kinds) -> list[str]:
+        return [layer.name for layer in self.viewer.layers if isinstance(layer, kinds)]
+
+    def _refresh_layers(self, *_: Any) -> None:
+        """Keep the layer lists current; pick the first image and the newest mask when none is chosen."""
+        self.reset_choices()
+        for combo in (self.image, self.mask):
+            names = [c for c in combo.choices if c is not None]
+            if combo.value is None and names:
+                combo.value = names[0]
+
+    def model_source(self) -> str | None:
+        path = self.model_file.value
+        return str(path) if path not in (None, Path("."), Path("")) else self.model.value
+
+    def _model_changed(self, *_: Any) -> None:
+        source, card = self.model_source(), None
+        try:
+            entries = {e.name: e.card for e in list_models(task="image")}
+            card = entries.get(source) or (ModelCard.read(Path(source).with_suffix(".json")) if source else None)
+        except (ModelCardError, OSError) as err:
+            self.status.value = f"cannot read model: {err}"
+        self._card = card
+        classes = card.class_names if card is not None and card.conditional else []
+        self.class_name.choices = classes
+        if DEFAULTS.class_name in classes:
+            self.class_name.value = DEFAULTS.class_name
+        self.class_name.enabled = bool(classes)
+        slices = card is None or card.spatial_dims == 2
+        for w in (self.region, self.axis, self.first, self.last):
+            w.enabled = slices
+        self._update_calls()
+
+    def _mode_changed(self, *_: Any) -> None:
+        preset = MODES[self.mode.value]
+        self.steps.value, self.jump_length.value, self.resamplings.value = (
+            preset.steps, preset.jump_length, preset.resamplings)
+        self._update_calls()
+
+    def settings(self) -> dict[str, Any]:
+        """The schedule and sampling values as keyword arguments of :func:`iter_inpaint`."""
+        return dict(mode=self.mode.value, steps=self.steps.value, jump_length=self.jump_length.value,
+                    resamplings=self.resamplings.value, proposals=self.proposals.value, seed=self.seed.value,
+                    class_name=self.class_name.value if self.class_name.enabled else None,
+                    axis=self.axis.value, device=self.device.value)
+
+    def _update_calls(self, *_: Any) -> None:
+        from ..inpainting import settings_for
+
+        try:
+            s = settings_for(self.mode.value, self.steps.value, self.jump_length.value, self.resamplings.value)
+            self.calls.value = describe(s)
+        except ValueError as err:
+            self.calls.value = str(err)
+
+    # --- running ------------------------------------------------------------------------------------
+
+    def _fail(self, message: str) -> None:
+        show_error(f"Inpaint: {message}")
+        self.status.value = f"failed: {message}"
+
+    def _indices(self, image: Image) -> list[int] | None:
+        if not self.region.enabled or self.region.value == "whole volume" or image.ndim == 2:
+            return None
+        axis = self.axis.value
+        if self.region.value == "current slice":
+            index = np.asarray(image.world_to_data(self.viewer.dims.point[-image.ndim:]))[axis]
+            return [int(np.clip(round(float(index)), 0, image.data.shape[axis] - 1))]
+        return list(range(self.first.value, self.last.value + 1))
+
+    def _batches(self, mask: np.ndarray, indices: list[int] | None) -> int:
+        """Batches the run will take: proposals x masked slices (2D models), in batches of the default size."""
+        if self._card is not None and self._card.spatial_dims == 3:
+            items = 1
+        else:
+            moved = np.moveaxis(mask if mask.ndim == 3 else mask[None], self.axis.value if mask.ndim == 3 else 0, 0)
+            has = moved.reshape(len(moved), -1).any(axis=1)
+            items = int(has.sum() if indices is None else has[[i for i in indices if 0 <= i < len(has)]].sum())
+        return max(1, -(-items * self.proposals.value // DEFAULTS.batch_size))
+
+    def run(self, *_: Any):
+        """Copy the layers, start the job; returns the worker (None on bad input)."""
+        from ..inpainting import iter_inpaint, settings_for
+
+        if self.image.value is None or self.mask.value is None or self.model_source() is None:
+            self._fail("choose an image layer, a mask layer (Labels or Shapes) and a model")
+            return None
+        image = self.viewer.layers[self.image.value]
+        try:
+            if image.rgb or image.multiscale:
+                raise ValueError(f"image {image.name!r} is RGB or multiscale; choose a single-channel scan")
+            mask, notes = mask_for(image, self.viewer.layers[self.mask.value])
+            settings = settings_for(self.mode.value, self.steps.value, self.jump_length.value, self.resamplings.value)
+            indices = self._indices(image)
+        except ValueError as err:
+            self._fail(str(err))
+            return None
+        for note in notes:
+            show_info(f"Inpaint: {note}")
+        data = np.array(image.data, copy=True)
+        spacing = image.metadata.get("spacing") or tuple(image.scale)
+        kwargs = {**self.settings(), "model": self.model_source(), "indices": indices}
+        calls = count_network_calls(repaint_schedule(settings)) * self._batches(mask, indices)
+        self.status.value = f"{calls} network calls"
+        self._source = image
+
+        def job():
+            return iter_inpaint(data, mask, spacing, **kwargs)
+
+        worker = self.runner.start(job, total=calls,
+                                   on_done=self._add_result, on_preview=self._show_preview, description="Inpaint")
+        if worker is not None:
+            worker.yielded.connect(self._count)
+            worker.finished.connect(self._remove_preview)
+            self.worker = worker
+        return worker
+
+    def _count(self, event) -> None:
+        self.progress.max, self.progress.value = event.total, event.done
+
+    @property
+    def preview_name(self) -> str:
+        return f"{self._source.name} inpaint preview"
+
+    def _show_preview(self, event) -> None:
+        if self.preview_name in self.viewer.layers:
+            self.viewer.layers[self.preview_name].data = event.preview
+        else:
+            self.viewer.add_image(event.preview, name=self.preview_name, colormap="gray",
+                                  contrast_limits=self._source.contrast_limits, **_placement(self._source))
+
+    def _remove_preview(self, *_: Any) -> None:
+        if self.preview_name in self.viewer.layers:
+            self.viewer.layers.remove(self.preview_name)
+
+    def _add_result(self, result) -> None:
+        self._remove_preview()
+        src, prov = self._source, result.provenance
+        for note in result.messages:
+            show_info(f"Inpaint: {note}")
+        look = dict(colormap="gray", contrast_limits=src.contrast_limits)
+        stack = _placement(src, lead=1)
+        stack["metadata"] = {**stack["metadata"], "provenance": prov}
+        self.result_layer = self.viewer.add_image(result.proposals, name=f"{src.name} inpaint proposals", **look,
+                                                  **stack)
+        single = _placement(src)
+        single["metadata"] = {**single["metadata"], "provenance": prov}
+        self.viewer.add_image(result.mean, name=f"{src.name} inpaint mean", **look, **single)
+        top = float(result.variance.max()) or 1.0
+        self.viewer.add_image(result.variance, name=f"{src.name} inpaint variance", colormap="magma",
+                              blending="additive", contrast_limits=(0.0, top), **single)
+        self.chosen.max = len(result.proposals) - 1
+        self.progress.value = self.progress.max
+        self.status.value = f"done: {prov['network_calls']} network calls in {prov.get('seconds', 0):.1f} s"
+
+    def accept(self, *_: Any) -> Image | None:
+        """Copy the chosen proposal into a new layer (the scan itself is never changed)."""
+        stack = self.result_layer
+        if stack is None or stack not in self.viewer.layers:
+            self._fail("run inpainting first (the proposals layer is gone)")
+            return None
+        k = min(self.chosen.value, stack.data.shape[0] - 1)
+        single = _placement(self._source)
+        single["metadata"] = {**single["metadata"], "provenance": {**stack.metadata["provenance"], "proposal": k}}
+        return self.viewer.add_image(np.array(stack.data[k]), name=f"{self._source.name} inpainted #{k}",
+                                     colormap="gray", contrast_limits=self._source.contrast_limits, **single)

@@ -1,0 +1,364 @@
+"""Anomaly heatmaps: a scan against its pseudo-healthy reconstruction by a diffusion image model.
+
+Methods (the reverse pass is DDIM through :func:`sampling.iter_denoise`, towards "healthy"
+with classifier-free guidance on class-conditional models):
+
+- ``gaussian``: noise the scan to timestep ``level`` with Gaussian noise and denoise it.
+- ``simplex``: the same with multi-octave simplex noise (AnoDDPM, Wyatt et al. 2022). Only the
+  noise that takes the scan to ``level`` is simplex: the DDIM reverse pass (eta=0) draws none.
+- ``ddim``: DDIM inversion of the scan to timestep ``depth`` with the unconditional model, then
+  guided decoding (Sanchez et al. 2022). Inversion is deterministic, so with several
+  reconstructions the decoding is stochastic (eta=1) to make them differ.
+
+The heatmap is |scan - reconstruction| / 2 in model units (1 = the card's whole normalisation
+range), computed on the model grid, smoothed inside the brain mask, averaged over the
+reconstructions (their variance comes with it) and mapped back onto the scan's grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any, Generator, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from .progress import Progress, drive
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models import LoadedModel
+    from .sampling import Conditioning, Step
+
+METHODS = ("gaussian", "simplex", "ddim")
+SIMPLEX = {"octaves": 6, "persistence": 0.8, "period": 16.0}  # AnoDDPM's, scaled from 256 to 64 px images
+THRESHOLD_PERCENTILE = 98.0
+LIMITS = {"level": (1, 999), "depth": (1, 999), "guidance": (0.0, 20.0), "reconstructions": (1, 32),
+          "steps": (1, 1000), "smoothing": (0.0, 50.0), "batch_size": (1, 4096)}
+
+
+@dataclass(frozen=True)
+class AnomalySettings:
+    """One anomaly run. The defaults (shared by the CLI and the widget) take about a minute on
+    2 CPU cores for a 12-slice slab with the shipped 2D model.
+
+    ``level`` (gaussian, simplex) and ``depth`` (ddim) are timesteps out of the card's 1000;
+    ``steps`` is the number of DDIM steps over the whole schedule, so a run takes about
+    ``steps * level / 1000`` network calls (twice that for ddim); ``smoothing`` is the heatmap's
+    Gaussian sigma in mm; ``batch_size`` counts model inputs per network call.
+    """
+
+    method: str = "ddim"
+    level: int = 300
+    depth: int = 300
+    guidance: float = 3.0
+    reconstructions: int = 1
+    steps: int = 50
+    smoothing: float = 3.0
+    seed: int | None = 0
+    device: str = "auto"
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            whole = isinstance(low, int)
+            ok = isinstance(value, (int, np.integer)) if whole else isinstance(value, (int, float, np.floating))
+            if isinstance(value, bool) or not ok or not math.isfinite(value) or not low <= value <= high:
+                kind = "a whole number" if whole else "a number"
+                raise ValueError(f"{name} must be {kind} from {low} to {high}, got {value!r}")
+
+    @property
+    def eta(self) -> float:
+        return 1.0 if self.method == "ddim" and self.reconstructions > 1 else 0.0
+
+
+DEFAULTS = AnomalySettings()
+
+
+@dataclass
+class AnomalyResult:
+    """Arrays on the input's grid and shape.
+
+    ``heatmap``: float32, 0 outside ``brain_mask``; ``reconstruction``: the pseudo-healthy scan in the
+    input's intensities (the input itself where the model did not look); ``variance``: of the heatmap
+    over reconstructions (None for one); ``threshold``: the default cut for :meth:`labels`.
+    """
+
+    heatmap: np.ndarray
+    reconstruction: np.ndarray
+    variance: np.ndarray | None
+    brain_mask: np.ndarray
+    threshold: float
+    provenance: dict[str, Any]
+
+    def labels(self, threshold: float | None = None) -> np.ndarray:
+        """Binary anomaly mask ``heatmap >= threshold`` inside the brain (no model call)."""
+        t = self.threshold if threshold is None else float(threshold)
+        return ((self.heatmap >= t) & self.brain_mask).astype(np.uint8)
+
+
+def foreground_mask(image: np.ndarray) -> np.ndarray:
+    """Brain mask of a skull-stripped scan: above 0.4 x the Otsu level, holes filled slice by slice,
+    connected parts of at least 5% of the largest kept. Scans with skull need a mask given explicitly."""
+    from skimage.filters import threshold_otsu
+
+    from .geometry import Normaliser
+
+    arr = np.asarray(image, dtype=np.float32)
+    unit = (Normaliser.fit(arr, 0.5, 99.5).forward(arr) + 1) / 2
+    fg = unit > 0.4 * threshold_otsu(unit)
+    fg = np.stack([ndimage.binary_fill_holes(s) for s in fg]) if fg.ndim == 3 else ndimage.binary_fill_holes(fg)
+    parts, n = ndimage.label(fg)
+    if n > 1:
+        sizes = ndimage.sum_labels(fg, parts, range(1, n + 1))
+        fg = np.isin(parts, 1 + np.flatnonzero(sizes >= 0.05 * sizes.max()))
+    return fg
+
+
+def default_threshold(heatmap: np.ndarray, mask: np.ndarray) -> float:
+    """The ``THRESHOLD_PERCENTILE`` percentile of the heatmap inside the mask."""
+    inside = np.asarray(heatmap)[np.asarray(mask, dtype=bool)]
+    return float(np.percentile(inside, THRESHOLD_PERCENTILE)) if inside.size else 0.0
+
+
+def parse_slices(text: str | None) -> list[int] | None:
+    """``"40:52"`` (end excluded) or ``"3,5,7"`` -> slice indices; empty or None -> None (all slices)."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        if ":" in text:
+            start, stop = text.split(":")
+            return list(range(int(start), int(stop)))
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise ValueError(f"slices must look like 40:52 or 3,5,7, got {text!r}") from None
+
+
+def inversion_start(scheduler, depth: int) -> int:
+    """The scheduled timestep that a scan noised or inverted to ``depth`` is decoded from."""
+    return max(int(t) for t in scheduler.timesteps if int(t) <= depth)
+
+
+def iter_invert(
+    network, scheduler, sample: "torch.Tensor", depth: int, cond: "Conditioning", clip: bool = True
+) -> Generator["Step", None, "torch.Tensor"]:
+    """DDIM inversion: walk a clean ``sample`` up the scheduled timesteps to ``inversion_start(depth)``.
+
+    The mirror of :func:`sampling.iter_denoise` with MONAI's ``DDIMScheduler.reversed_step`` (and
+    the same clipped-x0 epsilon); decode with ``iter_denoise(..., start_timestep=inversion_start(...))``.
+    """
+    import torch
+
+    from .sampling import Step, clip_noise, predict_noise
+
+    ts = sorted(int(t) for t in scheduler.timesteps if int(t) <= depth)
+    x = sample
+    for i, t in enumerate(ts[:-1]):
+        with torch.inference_mode():
+            eps = predict_noise(network, x, t, cond)
+            if clip:
+                eps = clip_noise(scheduler, x, eps, t)
+            x, x0 = scheduler.reversed_step(eps, t, x)
+        yield Step(i + 1, len(ts) - 1, t, x0, x)
+    return x
+
+
+def _calls_per_batch(sched, cfg: AnomalySettings) -> tuple[int, int]:
+    """(inversion calls, all network calls) for one batch of inputs."""
+    t_start = inversion_start(sched, cfg.depth if cfg.method == "ddim" else cfg.level)
+    n_inv = sum(1 for t in sched.timesteps if int(t) < t_start) if cfg.method == "ddim" else 0
+    return n_inv, n_inv + sum(1 for t in sched.timesteps if int(t) <= t_start)
+
+
+def planned_calls(card, n_inputs: int, cfg: AnomalySettings = DEFAULTS) -> int:
+    """How many network calls a run over ``n_inputs`` model inputs (slices) makes: its progress total."""
+    from .sampling import make_scheduler
+
+    per_batch = _calls_per_batch(make_scheduler(card, "ddim", cfg.steps), cfg)[1]
+    return per_batch * math.ceil(n_inputs / max(1, cfg.batch_size // cfg.reconstructions))
+
+
+def _load(model: "str | os.PathLike | LoadedModel | None", device: str) -> "LoadedModel":
+    from .device import select_device
+    from .models import LoadedModel, default_model, get_model
+
+    if isinstance(model, LoadedModel):
+        if model.card.task != "image":
+            raise ValueError(f"model {model.card.name!r} is a {model.card.task} model; anomaly maps need an image model")
+        return model
+    name = model if model not in (None, "") else default_model("image", 2)
+    return get_model(name, device=str(select_device(device)), task="image")
+
+
+def _conditioning(card, cfg: AnomalySettings, n: int, device) -> tuple["Conditioning", "Conditioning"]:
+    """(guided towards healthy, unconditional) conditioning for ``n`` inputs."""
+    import torch
+
+    from .sampling import Conditioning
+
+    if not card.conditional:
+        if cfg.method == "ddim":
+            raise ValueError(f"method 'ddim' decodes towards the class 'healthy', but model {card.name!r} is "
+                             "unconditional; use method 'gaussian' or 'simplex'")
+        return Conditioning(), Conditioning()
+    labels = torch.full((n,), card.class_index("healthy"), dtype=torch.long, device=device)
+    healthy = Conditioning(labels=labels, null_class=card.null_class, guidance_scale=float(cfg.guidance))
+    return healthy, replace(healthy, guidance_scale=0.0)
+
+
+def _reconstruct(net, sched, x0, noise, cfg: AnomalySettings, card, t_start: int, gen):
+    """Yield Steps (inversion, then decoding) for inputs ``x0`` (m, C, ...); return (k*m, C, ...) reconstructions."""
+    from .sampling import alpha_bar, iter_denoise
+
+    k, m = cfg.reconstructions, len(x0)
+    healthy, uncond = _conditioning(card, cfg, k * m, x0.device)
+    if cfg.method == "ddim":
+        first = uncond if uncond.labels is None else replace(uncond, labels=uncond.labels[:m])
+        xt = yield from iter_invert(net, sched, x0, t_start, first)
+        xt = xt.repeat(k, *[1] * (xt.ndim - 1))
+    else:
+        a = alpha_bar(sched, t_start).to(x0.device, x0.dtype)
+        xt = (a.sqrt() * x0[None] + (1 - a).sqrt() * noise).flatten(0, 1)
+    return (yield from iter_denoise(net, sched, xt, cond=healthy, start_timestep=t_start, generator=gen, eta=cfg.eta))
+
+
+def iter_anomaly_map(
+    image: np.ndarray, spacing: Sequence[float] | None = None, *, mask: np.ndarray | None = None,
+    axis: int = 0, indices: Sequence[int] | None = None, preview_interval: float | None = None,
+    model: "str | os.PathLike | LoadedModel | None" = None, **settings: Any,
+) -> Generator[Progress, None, AnomalyResult]:
+    """Yield :class:`Progress` per network call and return an :class:`AnomalyResult`.
+
+    ``settings`` are :class:`AnomalySettings` fields; ``model`` None is the shipped 2D image model.
+    ``mask`` is the brain mask (default :func:`foreground_mask`); ``axis``/``indices`` pick the
+    slices a 2D model sees (slices are batched). With ``preview_interval`` (seconds), events carry
+    the reconstruction so far on the input grid, at most that often. Bad input raises ValueError
+    before any network runs.
+    """
+    import torch
+
+    from .device import make_generator
+    from .sampling import make_scheduler
+    from .simplex import simplex_noise
+    from .volumes import prepare
+
+    unknown = sorted(set(settings) - set(AnomalySettings.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown settings {unknown}; allowed: {sorted(AnomalySettings.__dataclass_fields__)}")
+    cfg = replace(DEFAULTS, **settings)
+    image = np.asarray(image)
+    brain = foreground_mask(image) if mask is None else np.asarray(mask) > 0
+    if brain.shape != image.shape or not brain.any():
+        raise ValueError(f"the brain mask (shape {brain.shape}) must match the image's {image.shape} and not be empty")
+    loaded = _load(model, cfg.device)
+    card, net = loaded.card, loaded.network
+    prepared = prepare(image, spacing, card, axis=axis, indices=indices)
+    dev = next(net.parameters()).device
+    sched = make_scheduler(card, "ddim", cfg.steps, device=dev)
+    t_start = inversion_start(sched, cfg.depth if cfg.method == "ddim" else cfg.level)
+    _conditioning(card, cfg, 1, dev)  # ddim with an unconditional model fails here, before any work
+    seed = int(np.random.SeedSequence().entropy % 2**31) if cfg.seed is None else int(cfg.seed)
+    gen = make_generator(seed, dev)
+    k, n = cfg.reconstructions, len(prepared.data)
+    x0 = torch.from_numpy(prepared.data).to(dev, torch.float32)[:, None]
+    shape = (k, n, card.in_channels, *card.image_size)
+    if cfg.method == "simplex":
+        noise = simplex_noise(shape, card.spatial_dims, generator=gen, device=dev, **SIMPLEX)
+    else:
+        noise = torch.randn(shape, generator=gen, device=gen.device).to(dev)
+    n_inv, per_batch = _calls_per_batch(sched, cfg)
+    starts = range(0, n, max(1, cfg.batch_size // k))
+    total, done, last_preview, clock = per_batch * len(starts), 0, time.perf_counter(), time.perf_counter()
+    recon = x0[None].repeat(k, *[1] * x0.ndim)
+    for s in starts:
+        part = slice(s, min(n, s + starts.step))
+        m = part.stop - part.start
+        run = _reconstruct(net, sched, x0[part], noise[:, part], cfg, card, t_start, gen)
+        for j in itertools.count():
+            try:
+                step = next(run)
+            except StopIteration as stop:
+                recon[:, part] = stop.value.reshape(k, m, *stop.value.shape[1:])
+                break
+            recon[:, part] = step.x0.reshape(-1, m, *step.x0.shape[1:])
+            done += 1
+            preview = None
+            if preview_interval is not None and time.perf_counter() - last_preview >= preview_interval:
+                last_preview = time.perf_counter()
+                preview = _on_input(prepared, prepared.normaliser.inverse(_mean(recon)), image, fill=image)
+            yield Progress(done, total, preview, "inverting" if j < n_inv else "denoising")
+    record = {"start_timestep": t_start, "network_calls_per_batch": per_batch, "seed": seed,
+              "seconds": round(time.perf_counter() - clock, 3)}
+    return _finish(image, prepared, brain, recon[:, :, 0].float().cpu().numpy(), loaded, cfg, record)
+
+
+def _mean(recon: "torch.Tensor") -> np.ndarray:
+    return recon[:, :, 0].float().mean(0).cpu().numpy()
+
+
+def _on_input(prepared, arr: np.ndarray, image: np.ndarray, fill) -> np.ndarray:
+    """Model-grid ``(N, *size)`` -> the input's grid and shape (2D inputs stay 2D)."""
+    return prepared.restore(arr, fill=fill).reshape(image.shape)
+
+
+def _model_mask(prepared, brain: np.ndarray) -> np.ndarray:
+    """The input-grid mask on the model grid, ``(N, *image_size)`` booleans."""
+    volume = brain.reshape(prepared.shape).astype(np.float32)
+    if prepared.axis is None:
+        return (prepared.grid.to_model(volume, cval=0.0) > 0.5)[None]
+    moved = np.moveaxis(volume, prepared.axis, 0)[prepared.indices]
+    return prepared.grid.to_model(moved, cval=0.0) > 0.5
+
+
+def _smooth_inside(d: np.ndarray, mask: np.ndarray, sigma: Sequence[float]) -> np.ndarray:
+    """Gaussian smoothing of ``d`` over its last axes inside ``mask`` only (normalised convolution)."""
+    d = (d * mask).astype(np.float32)
+    if max(sigma) == 0:
+        return d
+    num = ndimage.gaussian_filter(d, [0.0] * (d.ndim - len(sigma)) + list(sigma))
+    den = ndimage.gaussian_filter(mask.astype(np.float32), [0.0] * (mask.ndim - len(sigma)) + list(sigma))
+    return (num / np.maximum(den, 1e-3) * mask).astype(np.float32)
+
+
+def _finish(image, prepared, brain, recon: np.ndarray, loaded, cfg: AnomalySettings, record) -> AnomalyResult:
+    from .provenance import provenance
+
+    card = loaded.card
+    heats = _smooth_inside(np.abs(recon - prepared.data[None]) / 2, _model_mask(prepared, brain),
+                           [cfg.smoothing / s for s in card.spacing])
+    heatmap = _on_input(prepared, heats.mean(0), image, 0.0) * brain
+    variance = _on_input(prepared, heats.var(0), image, 0.0) * brain if len(heats) > 1 else None
+    pseudo = np.where(brain, _on_input(prepared, prepared.normaliser.inverse(recon.mean(0)), image, image), image)
+    threshold = default_threshold(heatmap, brain)
+    used = {k: v for k, v in asdict(cfg).items() if k != ("level" if cfg.method == "ddim" else "depth")}
+    prov = provenance(
+        loaded, task="anomaly", **{**used, **record}, scheduler="DDIMScheduler", eta=cfg.eta,
+        simplex=SIMPLEX if cfg.method == "simplex" else None, axis=prepared.axis,
+        slices=[int(i) for i in prepared.indices], threshold=threshold,
+        threshold_rule=f"{THRESHOLD_PERCENTILE:g}th percentile of the heatmap inside the brain mask",
+        heatmap_units="|scan - reconstruction| as a fraction of the intensity normalisation range",
+    )
+    return AnomalyResult(heatmap.astype(np.float32), pseudo.astype(np.float32),
+                         None if variance is None else variance.astype(np.float32), brain, threshold, prov)
+
+
+def anomaly_map(
+    image: np.ndarray, spacing: Sequence[float] | None = None, *, mask: np.ndarray | None = None,
+    axis: int = 0, indices: Sequence[int] | None = None, model: "str | os.PathLike | LoadedModel | None" = None,
+    callback=None, **settings: Any,
+) -> AnomalyResult:
+    """Anomaly heatmap of a 2D image or 3D volume; see :func:`iter_anomaly_map` and :class:`AnomalySettings`.
+
+    >>> result = anomaly_map(scan, spacing=(1, 1, 1), method="gaussian", level=300, seed=0)  # doctest: +SKIP
+    >>> result.heatmap.shape == scan.shape, int(result.labels().sum())  # doctest: +SKIP
+    """
+    return drive(iter_anomaly_map(image, spacing, mask=mask, axis=axis, indices=indices, model=model, **settings),
+                 callback)

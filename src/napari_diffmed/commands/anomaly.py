@@ -1,0 +1,98 @@
+"""``napari-diffmed anomaly SCAN --out DIR``: heatmap, pseudo-healthy scan and masks as NIfTI in the scan's space."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..anomaly import DEFAULTS, METHODS, parse_slices
+from .common import add_common, file_runner, printer, write_sidecar
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "anomaly", help="anomaly heatmap of a scan against its pseudo-healthy reconstruction",
+        description="Reconstruct a scan as healthy with a diffusion model and write the difference map "
+                    "(smoothed, inside the brain), the reconstruction, the brain mask and the thresholded "
+                    "anomaly mask as NIfTI files in the scan's space, with a JSON record of the run.",
+    )
+    p.add_argument("scan", type=Path, help="NIfTI scan (2D or 3D; skull-stripped, or give --mask)")
+    add_common(p, model_help="image model name or path (default: the shipped mni_t1_axial_64)")
+    p.add_argument("--method", choices=METHODS, default=DEFAULTS.method,
+                   help=f"gaussian/simplex: partial noising; ddim: inversion then guided decoding (default {DEFAULTS.method})")
+    p.add_argument("--level", type=int, default=DEFAULTS.level, help="noising timestep of 1000 for gaussian/simplex")
+    p.add_argument("--depth", type=int, default=DEFAULTS.depth, help="DDIM inversion timestep of 1000 for ddim")
+    p.add_argument("--guidance", type=float, default=DEFAULTS.guidance, help="classifier-free guidance towards healthy")
+    p.add_argument("--reconstructions", type=int, default=DEFAULTS.reconstructions,
+                   help="average the heatmap over this many reconstructions (and write their variance)")
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps, help="DDIM steps over the whole schedule")
+    p.add_argument("--smoothing", type=float, default=DEFAULTS.smoothing, help="heatmap smoothing sigma in mm")
+    p.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="slicing axis for 2D models (0 = axial)")
+    p.add_argument("--slices", default=None, help="slices to analyse, e.g. 40:52 or 3,5,7 (default: all)")
+    p.add_argument("--mask", type=Path, default=None, help="brain mask NIfTI (default: computed from the scan)")
+    p.add_argument("--threshold", type=float, default=None, help="anomaly mask threshold (default: from the map)")
+    p.add_argument("--reference", type=Path, default=None, help="reference lesion mask NIfTI: report AUROC, AUPRC, Dice")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..anomaly import anomaly_map
+    from ..evaluation.anomaly import anomaly_scores
+    from ..io import read_nifti, write_nifti
+
+    scan, kwargs, _ = read_nifti(args.scan, as_labels=False)
+    if scan.ndim not in (2, 3):
+        raise ValueError(f"{args.scan}: expected a 2D or 3D scan, got shape {scan.shape}")
+    masks = {}
+    for name in ("mask", "reference"):
+        path = getattr(args, name)
+        if path is not None:
+            masks[name] = read_nifti(path, as_labels=True)[0] > 0
+            if masks[name].shape != scan.shape:
+                raise ValueError(f"--{name} {path} has shape {masks[name].shape}, the scan {scan.shape}")
+    stem = kwargs["name"]
+    k = args.reconstructions
+    names = {"heatmap": "anomaly_heatmap", "reconstruction": "pseudo_healthy", "labels": "anomaly_mask",
+             "brain": "brain_mask", **({"variance": "anomaly_variance"} if k > 1 else {})}
+    paths = {key: args.out / f"{stem}_{suffix}.nii.gz" for key, suffix in names.items()}
+    sidecar = args.out / f"{stem}_anomaly.json"
+    existing = [str(p) for p in [*paths.values(), sidecar] if p.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite to replace them")
+    settings = dict(method=args.method, guidance=args.guidance, reconstructions=k, steps=args.steps,
+                    smoothing=args.smoothing, seed=args.seed, device=args.device,
+                    **({"depth": args.depth} if args.method == "ddim" else {"level": args.level}))
+    indices = parse_slices(args.slices)
+    log = (lambda *a: None) if args.quiet else print
+    log(f"anomaly: {args.scan} {scan.shape}, model {args.model or 'mni_t1_axial_64 (default)'}, "
+        + ", ".join(f"{key}={value}" for key, value in settings.items())
+        + f", axis={args.axis}, slices={args.slices or 'all'}")
+    result = anomaly_map(scan, kwargs["metadata"]["spacing"], mask=masks.get("mask"), axis=args.axis,
+                         indices=indices, model=args.model, callback=printer(args.quiet), **settings)
+    threshold = result.threshold if args.threshold is None else float(args.threshold)
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = kwargs["metadata"]
+    arrays = {"heatmap": (result.heatmap, False), "reconstruction": (result.reconstruction, False),
+              "labels": (result.labels(threshold), True), "brain": (result.brain_mask.astype(np.uint8), True),
+              "variance": (result.variance, False)}
+    for key, path in paths.items():
+        data, labels = arrays[key]
+        write_nifti(path, data, meta, labels=labels, overwrite=args.overwrite)
+        log(f"  wrote {path}")
+    record = {**result.provenance, "scan": str(args.scan), "threshold": threshold,
+              "files": {key: str(path) for key, path in paths.items()}}
+    if "reference" in masks:
+        try:
+            record["scores"] = anomaly_scores(result.heatmap, masks["reference"], threshold, result.brain_mask)
+            log("  " + ", ".join(f"{key} {value:.3f}" for key, value in record["scores"].items()))
+        except ValueError as err:  # e.g. no lesion inside the brain mask: keep the results, say why
+            record["scores"] = f"not scored: {err}"
+            log(f"  {record['scores']}")
+    write_sidecar(sidecar, record, overwrite=args.overwrite)
+    log(f"  wrote {sidecar} ({result.provenance['seconds']:.0f} s of model time)")
+    return 0
+
+
+run_file = file_runner("anomaly")

@@ -1,0 +1,181 @@
+"""Anomaly heatmaps: shapes and geometry, seeds, inputs untouched, re-thresholding, DDIM inversion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_diffmed.anomaly import (  # noqa: E402
+    AnomalySettings, anomaly_map, foreground_mask, inversion_start, iter_anomaly_map, iter_invert,
+    parse_slices, planned_calls,
+)
+
+FAST = dict(steps=20, device="cpu")
+
+
+@pytest.mark.parametrize("method", ["gaussian", "simplex", "ddim"])
+def test_volume_heatmap_on_the_input_grid(tiny_image_model, small_volume, method):
+    scan = small_volume.image
+    before = scan.copy()
+    result = anomaly_map(scan, small_volume.spacing, model=tiny_image_model, method=method, **FAST)
+    assert np.array_equal(scan, before)  # the input is never modified
+    for arr in (result.heatmap, result.reconstruction, result.brain_mask):
+        assert arr.shape == scan.shape
+    assert result.heatmap.dtype == np.float32 and result.heatmap.min() >= 0
+    assert np.all(result.heatmap[~result.brain_mask] == 0)
+    assert result.heatmap[result.brain_mask].max() > 0
+    assert result.variance is None
+    assert result.provenance["method"] == method and result.provenance["model"] == "tiny_image"
+    labels = result.labels()
+    assert labels.shape == scan.shape and 0 < labels.sum() < result.brain_mask.sum()
+
+
+def test_2d_image_gives_2d_maps(tiny_image_model, small_volume):
+    image = small_volume.image[3]
+    result = anomaly_map(image, small_volume.spacing[1:], model=tiny_image_model, method="gaussian", **FAST)
+    assert result.heatmap.shape == result.reconstruction.shape == result.brain_mask.shape == image.shape
+
+
+def test_same_seed_same_map_other_seed_other_map(tiny_image_model, small_volume):
+    run = lambda seed: anomaly_map(small_volume.image, small_volume.spacing, model=tiny_image_model,  # noqa: E731
+                                   method="simplex", seed=seed, **FAST).heatmap
+    a, b, c = run(1), run(1), run(2)
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_reconstructions_average_and_give_variance(tiny_image_model, small_volume):
+    result = anomaly_map(small_volume.image, small_volume.spacing, model=tiny_image_model, method="gaussian",
+                         reconstructions=3, batch_size=6, **FAST)
+    assert result.variance.shape == small_volume.image.shape
+    assert result.variance.min() >= 0 and result.variance[result.brain_mask].max() > 0
+    assert result.provenance["reconstructions"] == 3
+
+
+def test_only_chosen_slices_are_analysed(tiny_image_model, small_volume):
+    scan = small_volume.image
+    result = anomaly_map(scan, small_volume.spacing, model=tiny_image_model, method="gaussian", indices=[2, 3], **FAST)
+    others = [0, 1, 4, 5]
+    assert np.all(result.heatmap[others] == 0)
+    assert np.array_equal(result.reconstruction[others], scan[others])
+    assert result.heatmap[[2, 3]].max() > 0
+    assert result.provenance["slices"] == [2, 3]
+
+
+def test_progress_counts_planned_calls_and_previews_on_input_grid(tiny_image_model, small_volume):
+    from napari_diffmed.models import get_model
+
+    events = []
+    gen = iter_anomaly_map(small_volume.image, small_volume.spacing, model=tiny_image_model, method="ddim",
+                           preview_interval=0.0, batch_size=4, **FAST)
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration:
+            break
+    card = get_model(tiny_image_model).card
+    total = planned_calls(card, small_volume.image.shape[0], AnomalySettings(method="ddim", batch_size=4, **FAST))
+    assert [e.done for e in events] == list(range(1, total + 1))
+    assert all(e.total == total for e in events)
+    assert {e.message for e in events} == {"inverting", "denoising"}
+    assert events[-1].preview.shape == small_volume.image.shape
+
+
+def test_rethresholding_makes_no_model_call(tiny_image_model, small_volume):
+    from napari_diffmed.models import get_model
+
+    result = anomaly_map(small_volume.image, small_volume.spacing, model=tiny_image_model, method="gaussian", **FAST)
+    network = get_model(tiny_image_model, "cpu").network
+    calls = []
+    hook = network.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        low = result.labels(float(np.percentile(result.heatmap[result.brain_mask], 50)))
+        high = result.labels(float(np.percentile(result.heatmap[result.brain_mask], 95)))
+    finally:
+        hook.remove()
+    assert calls == []
+    assert low.sum() > high.sum() > 0
+
+
+def test_ddim_inversion_then_decoding_returns_the_scan(tiny_image_model):
+    """Unguided decoding retraces the inversion (partial noising does not): the inversion goes the right way."""
+    from napari_diffmed.models import get_model
+    from napari_diffmed.sampling import Conditioning, iter_denoise, make_scheduler, run
+
+    loaded = get_model(tiny_image_model, "cpu")
+    x0 = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8
+    sched = make_scheduler(loaded.card, "ddim", 100)
+    cond = Conditioning(labels=torch.tensor([2, 2]), null_class=2)
+    steps = list(iter_invert(loaded.network, sched, x0, 150, cond))
+    xt = run(iter_invert(loaded.network, sched, x0, 150, cond))
+    assert len(steps) == sum(1 for t in sched.timesteps if int(t) < inversion_start(sched, 150))
+    back = run(iter_denoise(loaded.network, sched, xt, cond=cond, start_timestep=inversion_start(sched, 150)))
+    assert (xt - x0).abs().mean() > 0.02
+    assert (back - x0).abs().mean() < 1e-3
+
+
+def test_foreground_mask_finds_the_brain(small_volume):
+    mask = foreground_mask(small_volume.image)
+    assert mask[small_volume.mask > 0].all()
+    assert 0.1 < mask.mean() < 0.9
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"method": "median"}, "method"), ({"level": 0}, "level"), ({"depth": 1000}, "depth"),
+    ({"guidance": -1.0}, "guidance"), ({"reconstructions": 0}, "reconstructions"), ({"smoothing": -2.0}, "smoothing"),
+    ({"colour": "red"}, "unknown settings"),
+])
+def test_bad_settings_name_the_value(tiny_image_model, small_volume, settings, match):
+    with pytest.raises(ValueError, match=match):
+        anomaly_map(small_volume.image, small_volume.spacing, model=tiny_image_model, **settings)
+
+
+def test_ddim_needs_a_conditional_model(tiny_volume_model, small_volume):
+    with pytest.raises(ValueError, match="gaussian"):
+        anomaly_map(small_volume.image, small_volume.spacing, model=tiny_volume_model, method="ddim", **FAST)
+
+
+def test_3d_model_maps_the_whole_volume(tiny_volume_model, small_volume):
+    result = anomaly_map(small_volume.image, small_volume.spacing, model=tiny_volume_model, method="simplex", **FAST)
+    assert result.heatmap.shape == small_volume.image.shape
+    assert result.provenance["axis"] is None and result.heatmap.max() > 0
+
+
+def test_mask_must_fit(tiny_image_model, small_volume):
+    with pytest.raises(ValueError, match="mask"):
+        anomaly_map(small_volume.image, small_volume.spacing, model=tiny_image_model,
+                    mask=np.ones((2, 2), dtype=bool), **FAST)
+
+
+def test_parse_slices():
+    assert parse_slices("2:5") == [2, 3, 4] and parse_slices("1,7") == [1, 7] and parse_slices(" ") is None
+    with pytest.raises(ValueError, match="40:52"):
+        parse_slices("a-b")
+
+
+@pytest.mark.slow
+def test_shipped_model_sees_a_planted_lesion():
+    """A held-out MNI slice with a planted held-out-style lesion scores higher than the same slice healthy."""
+    import dataclasses
+
+    from napari_diffmed.geometry import Normaliser
+    from napari_diffmed.models import get_model
+    from napari_diffmed.training.lesions import HELD_OUT_STYLE, plant_lesions
+    from napari_diffmed.training.templates import held_out_slices, load_mni152
+
+    try:
+        get_model("mni_t1_axial_64")
+    except (ValueError, FileNotFoundError):
+        pytest.skip("the shipped model mni_t1_axial_64 is not registered yet")
+    template = load_mni152(1)
+    z = int(np.flatnonzero(held_out_slices(len(template.t1)))[12 + 5])  # middle of the upper held-out slab
+    norm = Normaliser.fit(template.t1)
+    unit = (norm.forward(template.t1[z]) + 1) / 2
+    style = dataclasses.replace(HELD_OUT_STYLE, radius=(18.0, 21.0), count=(1, 1), contrast=(0.4, 0.5))
+    lesioned, lesion = plant_lesions(unit, unit > 0.15, np.random.default_rng(3), style)
+    healthy = anomaly_map(unit, template.spacing[1:], seed=0)
+    sick = anomaly_map(lesioned, template.spacing[1:], seed=0)
+    assert sick.heatmap[sick.brain_mask].mean() > healthy.heatmap[healthy.brain_mask].mean()
+    assert sick.heatmap[lesion].mean() > 2 * sick.heatmap[sick.brain_mask & ~lesion].mean()

@@ -188,7 +188,7 @@ def test_registry_resolves_names_and_paths(user_models, tmp_path):
 def test_get_model_checks_the_task_and_caches(user_models):
     loaded = get_model("tiny_image", task="image")
     assert loaded.card.name == "tiny_image" and get_model("tiny_image") is loaded
-    with pytest.raises(ValueError, match=r"'tiny_seg' is a segmentation model; this needs a image model.*'tiny_image'"):
+    with pytest.raises(ValueError, match=r"'tiny_seg' is a segmentation model; this task needs an image model.*'tiny_image'"):
         get_model("tiny_seg", task="image")
 
 

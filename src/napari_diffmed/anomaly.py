@@ -187,15 +187,9 @@ def planned_calls(card, n_inputs: int, cfg: AnomalySettings = DEFAULTS) -> int:
 
 
 def _load(model: "str | os.PathLike | LoadedModel | None", device: str) -> "LoadedModel":
-    from .device import select_device
-    from .models import LoadedModel, default_model, get_model
+    from .models import load_for_task
 
-    if isinstance(model, LoadedModel):
-        if model.card.task != "image":
-            raise ValueError(f"model {model.card.name!r} is a {model.card.task} model; anomaly maps need an image model")
-        return model
-    name = model if model not in (None, "") else default_model("image", 2)
-    return get_model(name, device=str(select_device(device)), task="image")
+    return load_for_task(model, "image", device, "an anomaly map")
 
 
 def _conditioning(card, cfg: AnomalySettings, n: int, device) -> tuple["Conditioning", "Conditioning"]:

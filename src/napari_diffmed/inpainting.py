@@ -180,14 +180,9 @@ def describe(settings: InpaintSettings) -> str:
 
 def image_model(model: "str | os.PathLike | LoadedModel | None" = None, device: str = "auto") -> "LoadedModel":
     """A loaded image model: a name, a path to ``NAME.safetensors``, a loaded model, or the default."""
-    from .device import select_device
-    from .models import LoadedModel, get_model
+    from .models import load_for_task
 
-    if isinstance(model, LoadedModel):
-        if model.card.task != "image":
-            raise ValueError(f"model {model.card.name!r} is a {model.card.task} model; inpainting needs an image model")
-        return model
-    return get_model(model or DEFAULTS.model, device=str(select_device(device)), task="image")
+    return load_for_task(model or DEFAULTS.model, "image", device, "inpainting")
 
 
 def _class(card, class_name, notes: list[str]) -> tuple[int | None, str | None]:

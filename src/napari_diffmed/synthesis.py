@@ -80,15 +80,9 @@ class GuidanceSweep:
 
 def load_image_model(model: str | os.PathLike | LoadedModel | None = None, device: str = "auto") -> "LoadedModel":
     """A loaded image model: a name, a path to ``NAME.safetensors``, an already loaded model, or the default."""
-    from .device import select_device
-    from .models import LoadedModel, default_model, get_model
+    from .models import load_for_task
 
-    if isinstance(model, LoadedModel):
-        if model.card.task != "image":
-            raise ValueError(f"model {model.card.name!r} is a {model.card.task} model; synthesis needs an image model")
-        return model
-    name = model if model not in (None, "") else default_model("image", 2)
-    return get_model(name, device=str(select_device(device)), task="image")
+    return load_for_task(model, "image", device, "synthesis")
 
 
 def _check_numbers(n: int, guidance: float, eta: float, seed: int | None = None) -> None:

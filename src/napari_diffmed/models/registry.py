@@ -81,13 +81,31 @@ def _cached(path: str, mtime: float, device: str) -> LoadedModel:
     return load_model(path, device=device)
 
 
-def get_model(model: str | os.PathLike, device: str = "cpu", task: str | None = None) -> LoadedModel:
+def load_for_task(model: "str | os.PathLike | LoadedModel | None", task: str, device: str = "auto",
+                  purpose: str = "this task") -> LoadedModel:
+    """A model for ``task``: a registry name, a path to ``NAME.safetensors``, a loaded model, or None (the 2D default)."""
+    from ..device import select_device
+
+    if isinstance(model, LoadedModel):
+        if model.card.task != task:
+            raise ValueError(f"model {model.card.name!r} is a {model.card.task} model; {purpose} needs {_a(task)} model")
+        return model
+    name = model if model not in (None, "") else default_model(task, 2)
+    return get_model(name, device=str(select_device(device)), task=task, purpose=purpose)
+
+
+def get_model(model: str | os.PathLike, device: str = "cpu", task: str | None = None,
+              purpose: str = "this task") -> LoadedModel:
     """Load (once per file version and device) and check the model suits ``task``."""
     path = resolve(model)
     loaded = _cached(str(path), path.stat().st_mtime, str(device))
     if task is not None and loaded.card.task != task:
         raise ValueError(
-            f"model {loaded.card.name!r} is a {loaded.card.task} model; this needs a {task} model "
+            f"model {loaded.card.name!r} is a {loaded.card.task} model; {purpose} needs {_a(task)} model "
             f"(choose one of {[e.name for e in list_models(task=task)]})"
         )
     return loaded
+
+
+def _a(task: str) -> str:
+    return f"an {task}" if task[0] in "aeiou" else f"a {task}"

@@ -34,7 +34,9 @@ class SynthesisSettings:
     ``model`` None is the shipped 2D image model; ``class_name`` None is the
     model's first class ("healthy" for the shipped model) on a conditional model
     (sample unconditionally with ``guidance=0``); unconditional models ignore
-    ``class_name`` None and ``guidance``. ``seed`` None draws one and records it.
+    ``class_name`` None and ``guidance``. ``seed`` None draws one and records it. ``eta`` 1
+    (stochastic DDIM) is the default: the shipped 2D model's deterministic (eta 0) trajectories
+    keep visible noise, the fresh noise of each stochastic step corrects them.
     """
 
     model: str | None = None
@@ -45,7 +47,7 @@ class SynthesisSettings:
     class_name: str | int | None = None
     guidance: float = 2.0
     device: str = "auto"
-    eta: float = 0.0
+    eta: float = 1.0
 
 
 DEFAULTS = SynthesisSettings()

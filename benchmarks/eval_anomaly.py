@@ -15,88 +15,15 @@ slices inside the template's brain (the lesion planting's own mask), pooled over
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
-from dataclasses import dataclass
 
-import numpy as np
-from scipy import ndimage
-
-from napari_diffmed.anomaly import DEFAULTS, METHODS, anomaly_map, foreground_mask
-from napari_diffmed.evaluation.anomaly import anomaly_scores
-from napari_diffmed.geometry import Normaliser
-from napari_diffmed.training.lesions import HELD_OUT_STYLE, plant_lesions
-from napari_diffmed.training.templates import held_out_slices, load_mni152
-
-MODEL_PIXEL_MM = 3.0  # the shipped 2D model's pixel size: lesion radii are given in its pixels
-
-
-@dataclass
-class Cases:
-    """``scan``: the cases stacked along z; ``indices``: slab slices; ``reference``/``brain`` on the scan's grid."""
-
-    scan: np.ndarray
-    reference: np.ndarray
-    brain: np.ndarray
-    indices: np.ndarray
-    spacing: tuple[float, float, float]
-
-    def region(self) -> np.ndarray:
-        """Where scores are counted: the slab slices, inside the brain."""
-        keep = np.zeros(self.scan.shape, dtype=bool)
-        keep[self.indices] = True
-        return keep & self.brain
-
-
-def slabs() -> dict[str, np.ndarray]:
-    """Slice indices of the held-out slabs that contain brain: validation (lower), evaluation (upper)."""
-    template = load_mni152(1)
-    unit = (Normaliser.fit(template.t1).forward(template.t1) + 1) / 2
-    held = held_out_slices(len(unit)) & ((unit > 0.15).mean(axis=(1, 2)) > 0.05)
-    runs = np.split(np.flatnonzero(held), np.flatnonzero(np.diff(np.flatnonzero(held)) > 1) + 1)
-    return {"validation": runs[0], "evaluation": runs[1]}
-
-
-def make_cases(split: str, n_cases: int, seed: int = 0) -> Cases:
-    """``n_cases`` copies of the template with lesions planted in the split's slab, stacked along z."""
-    template = load_mni152(1)
-    norm = Normaliser.fit(template.t1)
-    unit = (norm.forward(template.t1) + 1) / 2
-    brain = unit > 0.15
-    slab = slabs()[split]
-    scale = MODEL_PIXEL_MM / min(template.spacing)
-    style = dataclasses.replace(HELD_OUT_STYLE, radius=tuple(r * scale for r in HELD_OUT_STYLE.radius))
-    rng = np.random.default_rng([seed, 0 if split == "validation" else 1])
-    scans, refs = [], []
-    for _ in range(n_cases):
-        scan, ref = template.t1.copy(), np.zeros(unit.shape, dtype=bool)
-        planted, ref[slab] = plant_lesions(unit[slab], brain[slab], rng, style)
-        scan[slab] = norm.inverse(planted * 2 - 1)
-        scans.append(scan)
-        refs.append(ref)
-    depth = len(unit)
-    indices = np.concatenate([slab + i * depth for i in range(n_cases)])
-    return Cases(np.concatenate(scans), np.concatenate(refs), np.tile(brain, (n_cases, 1, 1)), indices,
-                 tuple(float(s) for s in template.spacing))
-
-
-def median_baseline(cases: Cases, card, size: int = 9, smoothing_mm: float = 3.0) -> np.ndarray:
-    """Classical baseline on the model's grid: |slice - median filter of ``size`` pixels| / 2, smoothed
-    inside the foreground mask like the model's heatmap, mapped back to the scan."""
-    from napari_diffmed.anomaly import _model_mask, _on_input, _smooth_inside
-    from napari_diffmed.volumes import prepare
-
-    prepared = prepare(cases.scan, cases.spacing, card, indices=cases.indices)
-    residual = np.abs(prepared.data - ndimage.median_filter(prepared.data, size=(1, size, size))) / 2
-    brain = foreground_mask(cases.scan)
-    sigma = [smoothing_mm / s for s in card.spacing]
-    heat = _smooth_inside(residual, _model_mask(prepared, brain), sigma)
-    return _on_input(prepared, heat, cases.scan, 0.0) * brain
-
-
-def score(heatmap: np.ndarray, cases: Cases, threshold: float | None = None) -> dict:
-    return {k: round(v, 4) for k, v in anomaly_scores(heatmap, cases.reference, threshold, cases.region()).items()}
+from napari_diffmed.anomaly import DEFAULTS, METHODS, anomaly_map
+from napari_diffmed.evaluation.anomaly import LesionCases as Cases
+from napari_diffmed.evaluation.anomaly import held_out_slabs as slabs  # noqa: F401 - kept for callers
+from napari_diffmed.evaluation.anomaly import make_lesion_cases as make_cases
+from napari_diffmed.evaluation.anomaly import median_filter_heatmap as median_baseline
+from napari_diffmed.evaluation.anomaly import score_cases as score
 
 
 def run_method(cases: Cases, method: str, model=None, **settings) -> tuple[dict, float, object]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from npe2 import PluginManifest
 
@@ -45,3 +46,17 @@ def test_npe2_validate_passes():
     for args in ([npe2, "validate", "napari-diffmed"], [sys.executable, "-m", "npe2", "validate", str(MANIFEST)]):
         proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("display_name", ["Synthesize", "Segment (ensemble)", "Inpaint", "Anomaly map"])
+def test_widget_opens_from_the_plugins_menu(make_napari_viewer, display_name):
+    """What Plugins > napari-diffmed does: napari builds the widget and hands it the viewer."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((4, 16, 16), np.float32), name="scan")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-diffmed", display_name)
+    assert [layer.name for layer in widget.viewer.layers] == ["scan"]  # napari passes a public proxy of it
+    viewer.add_labels(np.zeros((4, 16, 16), np.uint8), name="mask")  # napari resets the choices on layer events
+    classes = getattr(widget, "class_name", None)
+    if classes is not None and getattr(widget, "_card", None) is not None and widget._card.conditional:
+        assert list(classes.choices) == widget._card.class_names

@@ -87,7 +87,8 @@ DEFAULTS = AnomalySettings()
 class AnomalyResult:
     """Arrays on the input's grid and shape.
 
-    ``heatmap``: float32, 0 outside ``brain_mask``; ``reconstruction``: the pseudo-healthy scan in the
+    ``brain_mask``: the brain voxels that were analysed (chosen slices, inside the model's field of
+    view); ``heatmap``: float32, 0 outside ``brain_mask``; ``reconstruction``: the pseudo-healthy scan in the
     input's intensities (the input itself where the model did not look); ``variance``: of the heatmap
     over reconstructions (None for one); ``threshold``: the default cut for :meth:`labels`.
     """
@@ -326,6 +327,7 @@ def _finish(image, prepared, brain, recon: np.ndarray, loaded, cfg: AnomalySetti
     from .provenance import provenance
 
     card = loaded.card
+    brain = brain & (_on_input(prepared, np.ones(prepared.data.shape, np.float32), image, 0.0) > 0.5)  # analysed
     heats = _smooth_inside(np.abs(recon - prepared.data[None]) / 2, _model_mask(prepared, brain),
                            [cfg.smoothing / s for s in card.spacing])
     heatmap = _on_input(prepared, heats.mean(0), image, 0.0) * brain

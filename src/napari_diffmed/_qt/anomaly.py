@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSlider, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
 from napari.utils.notifications import show_error
@@ -12,8 +13,6 @@ from napari.utils.notifications import show_error
 from ..anomaly import DEFAULTS, LIMITS, METHODS, AnomalyResult, parse_slices
 from .jobs import JobRunner
 
-if TYPE_CHECKING:
-    import napari
 
 GEOMETRY = ("scale", "translate", "rotate", "shear")
 
@@ -22,7 +21,7 @@ class AnomalyWidget(Container):
     """Pick a scan, a model and a method; Run adds the heatmap (inferno, additive), the pseudo-healthy
     reconstruction and an anomaly mask whose threshold slider re-cuts the map without the model."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer") -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
         self.image = ComboBox(label="image", choices=self._layers("image"))

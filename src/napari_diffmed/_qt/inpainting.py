@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels, Shapes
@@ -15,8 +16,6 @@ from ..inpainting import DEFAULTS, MODES, count_network_calls, describe, repaint
 from ..models import ModelCard, ModelCardError, list_models
 from .jobs import JobRunner
 
-if TYPE_CHECKING:
-    import napari
 
 REGIONS = ("whole volume", "current slice", "slice range")
 
@@ -67,7 +66,7 @@ def _placement(layer: Image, lead: int = 0) -> dict[str, Any]:
 class InpaintingWidget(Container):
     """Choose the scan, the painted mask, the model and the schedule; Run adds proposals, mean and variance."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer") -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.viewer = viewer
         preset = MODES[DEFAULTS.mode]
         self.image = ComboBox(label="image", choices=lambda _: self._layers(Image), nullable=True)
@@ -77,7 +76,7 @@ class InpaintingWidget(Container):
         self.model = ComboBox(label="model", choices=names, value=DEFAULTS.model if DEFAULTS.model in names else None,
                               nullable=True)
         self.model_file = FileEdit(label="or model file", mode="r", filter="*.safetensors", nullable=True)
-        self.class_name = ComboBox(label="class", choices=[])
+        self.class_name = ComboBox(label="class", choices=self._classes)
         self.mode = ComboBox(label="mode", choices=list(MODES), value=DEFAULTS.mode)
         self.steps = SpinBox(label="steps", min=2, max=1000, value=preset.steps)
         self.jump_length = SpinBox(label="jump length", min=1, max=999, value=preset.jump_length)
@@ -142,8 +141,8 @@ class InpaintingWidget(Container):
         except (ModelCardError, OSError) as err:
             self.status.value = f"cannot read model: {err}"
         self._card = card
-        classes = card.class_names if card is not None and card.conditional else []
-        self.class_name.choices = classes
+        self.class_name.reset_choices()
+        classes = self._classes()
         if DEFAULTS.class_name in classes:
             self.class_name.value = DEFAULTS.class_name
         self.class_name.enabled = bool(classes)
@@ -151,6 +150,11 @@ class InpaintingWidget(Container):
         for w in (self.region, self.axis, self.first, self.last):
             w.enabled = slices
         self._update_calls()
+
+    def _classes(self, *_: Any) -> list[str]:
+        """The chosen model's classes (a callable, so napari's ``reset_choices`` keeps them)."""
+        card = getattr(self, "_card", None)
+        return list(card.class_names) if card is not None and card.conditional else []
 
     def _mode_changed(self, *_: Any) -> None:
         preset = MODES[self.mode.value]

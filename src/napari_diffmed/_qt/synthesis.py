@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import napari
 import numpy as np
 from magicgui.widgets import (
     CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, SpinBox,
@@ -18,8 +19,6 @@ from ..sampling import SCHEDULER_NAMES
 from ..synthesis import DEFAULTS, MAX_GUIDANCE, MAX_SAMPLES, SWEEP_SCALES, SynthesisSettings
 from .jobs import JobRunner
 
-if TYPE_CHECKING:
-    import napari
 
 PREVIEW_NAME = "synthesis preview"
 GAP = 0.1  # space between side-by-side sweep columns, as a fraction of the image width
@@ -28,7 +27,7 @@ GAP = 0.1  # space between side-by-side sweep columns, as a fraction of the imag
 class SynthesisWidget(Container):
     """Pick a model and sampler settings, press Run; samples arrive as new image layers."""
 
-    def __init__(self, viewer: "napari.viewer.Viewer") -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.viewer = viewer
         names = [entry.name for entry in list_models(task="image")]
         default = default_model("image", 2)
@@ -38,12 +37,12 @@ class SynthesisWidget(Container):
         self.model_file = FileEdit(label="or model file", mode="r", filter="*.safetensors", nullable=True,
                                    tooltip="NAME.safetensors with NAME.json beside it; overrides the list")
         self.info = Label(value="")
-        self.scheduler = ComboBox(label="scheduler", choices=list(SCHEDULER_NAMES), value=DEFAULTS.scheduler)
+        self.scheduler = ComboBox(label="scheduler", choices=self._schedulers, value=DEFAULTS.scheduler)
         self.steps = SpinBox(label="steps", min=1, max=1000, value=DEFAULTS.steps,
                              tooltip="network evaluations; DDPM needs all 1000")
         self.n_samples = SpinBox(label="samples", min=1, max=MAX_SAMPLES, value=DEFAULTS.n)
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=DEFAULTS.seed)
-        self.class_name = ComboBox(label="class", choices=[])
+        self.class_name = ComboBox(label="class", choices=self._classes)
         self.guidance = FloatSpinBox(label="guidance", min=0.0, max=MAX_GUIDANCE, step=0.5, value=DEFAULTS.guidance,
                                      tooltip="0 unconditional, 1 conditional, >1 stronger class features")
         self.sweep = CheckBox(text="guidance sweep (same seed, side by side)", value=False)
@@ -93,13 +92,22 @@ class SynthesisWidget(Container):
         if card is not None:
             size = "x".join(map(str, card.image_size))
             self.info.value = f"{card.spatial_dims}D {card.task} model, {size} px at {card.spacing} mm"
-            trained = card.scheduler["name"]
-            choices = ["rflow"] if trained == "RFlowScheduler" else [k for k, v in SCHEDULER_NAMES.items()
-                                                                    if v != "RFlowScheduler"]
-            self.scheduler.choices = choices
+            self.scheduler.reset_choices()
+            choices = self._schedulers()
             self.scheduler.value = DEFAULTS.scheduler if DEFAULTS.scheduler in choices else choices[0]
-        self.class_name.choices = card.class_names if card is not None and card.conditional else []
+        self.class_name.reset_choices()
         self._update_enabled()
+
+    def _schedulers(self, *_: Any) -> list[str]:
+        """Schedulers that can sample the chosen model (rectified flow only for models trained for it)."""
+        card = getattr(self, "_card", None)
+        rflow = card is not None and card.scheduler["name"] == "RFlowScheduler"
+        return ["rflow"] if rflow else [k for k, v in SCHEDULER_NAMES.items() if v != "RFlowScheduler"]
+
+    def _classes(self, *_: Any) -> list[str]:
+        """The chosen model's classes (a callable, so napari's ``reset_choices`` keeps them)."""
+        card = getattr(self, "_card", None)
+        return list(card.class_names) if card is not None and card.conditional else []
 
     def _update_enabled(self, *_: Any) -> None:
         conditional = self._card is not None and self._card.conditional

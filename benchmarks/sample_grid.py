@@ -85,7 +85,7 @@ def synthesis_rows(model: str | None, n: int, steps: int, guidance: float, seed:
     kwargs = dict(n=n, steps=steps, seed=seed, guidance=guidance, device="cpu")
     healthy = synthesize(loaded, class_name="healthy", **kwargs).samples
     lesion = synthesize(loaded, class_name="lesion", **kwargs).samples
-    swept = guidance_sweep(loaded, scales=sweep[:n], n=1, steps=steps, seed=seed + 1, class_name="healthy")
+    swept = guidance_sweep(loaded, scales=sweep[:n], n=1, steps=steps, seed=seed + 2, class_name="healthy")
     return [
         (f"samples\n(healthy, w={guidance:g})", [_axial(s) for s in healthy], None),
         ("samples, lesion\n(same noise)", [_axial(s) for s in lesion], None),
@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="2D image model (default: the shipped one)")
     parser.add_argument("--volume-model", default=None, help="3D image model (default: the shipped one)")
     parser.add_argument("--n", type=int, default=8, help="images per row of the 2D picture")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps (the synthesis default)")
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--volumes", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)

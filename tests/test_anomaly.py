@@ -175,4 +175,4 @@ def test_shipped_model_sees_a_planted_lesion():
     healthy = anomaly_map(unit, template.spacing[1:], seed=0)
     sick = anomaly_map(lesioned, template.spacing[1:], seed=0)
     assert sick.heatmap[sick.brain_mask].mean() > healthy.heatmap[healthy.brain_mask].mean()
-    assert sick.heatmap[lesion].mean() > 1.5 * sick.heatmap[sick.brain_mask & ~lesion].mean()  # shipped: 1.8
+    # where the map points is scored by AUROC over many lesions: tests/test_shipped_models.py

@@ -249,18 +249,20 @@ def iter_segment_ensemble(
             if preview and (time.perf_counter() >= next_preview or done == total):
                 t0 = time.perf_counter()
                 flat[part] = _probability(step.x0)
-                picture = _on_input(prepared, soft.mean(axis=1), arr.shape)
+                picture = _on_input(prepared, _restored(prepared, soft.mean(axis=1)), arr.shape)
                 next_preview = time.perf_counter() + max(0.5, 10 * (time.perf_counter() - t0))
             yield Progress(done, total, picture, f"ensemble batch {c + 1}/{len(chunks)}")
-    stack = _on_input(prepared, np.moveaxis(soft, 1, 0), (members, *arr.shape))
-    covered = _on_input(prepared, np.ones(soft.shape[:1] + soft.shape[2:], np.float32), arr.shape) > 0.5
+    slab = _restored(prepared, np.moveaxis(soft, 1, 0))  # the maps are computed on the seen slices only
+    seen = _restored(prepared, np.ones(soft.shape[:1] + soft.shape[2:], np.float32), nan=-1.0) >= 0
     record = dict(task="segmentation", members=members, steps=steps, scheduler=type(sched).__name__, seed=seed,
                   axis=prepared.axis, slices=[int(i) for i in prepared.indices] if prepared.axis is not None else None,
                   chunk=chunk, device=str(dev), network_calls=total, spacing=list(vol_spacing),
                   entropy_units=ENTROPY_UNITS, member_mask="x0 > 0 (probability (x0 + 1) / 2 > 0.5)",
                   seconds=round(time.perf_counter() - start, 3))
-    maps = summarise(stack)
-    return EnsembleResult(stack, **maps, covered=covered, axis=prepared.axis, provenance=provenance(loaded, **record))
+    maps = {key: _on_input(prepared, value, arr.shape) for key, value in summarise(slab).items()}
+    return EnsembleResult(_on_input(prepared, slab, (members, *arr.shape)), **maps,
+                          covered=_on_input(prepared, seen, arr.shape), axis=prepared.axis,
+                          provenance=provenance(loaded, **record))
 
 
 def _probability(x) -> np.ndarray:
@@ -268,9 +270,22 @@ def _probability(x) -> np.ndarray:
     return ((x[:, 0].float().clamp(-1.0, 1.0) + 1.0) / 2.0).cpu().numpy()
 
 
-def _on_input(prepared, arr: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Model-grid ``(..., N, *size)`` -> ``shape`` on the input grid (0 where the model did not look)."""
-    return np.clip(prepared.restore(arr, fill=0.0), 0.0, 1.0).reshape(shape)
+def _restored(prepared, arr: np.ndarray, nan: float = 0.0) -> np.ndarray:
+    """Model grid ``(..., N, *size)`` -> the input grid, on [0, 1]: for 2D models only the N chosen slices
+    ``(..., N, *in-plane)`` (slicing axis first), for 3D models the whole volume; ``nan`` where the model
+    did not look."""
+    back = prepared.restore(arr, fill=nan) if prepared.axis is None else prepared.grid.from_model(arr, cval=np.nan)
+    return np.clip(np.nan_to_num(back, nan=nan), min(nan, 0.0), 1.0)
+
+
+def _on_input(prepared, part: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """:func:`_restored` slices -> arrays of ``shape`` (the input's, with leading axes), 0 on other slices."""
+    if prepared.axis is None:
+        return part.reshape(shape)
+    lead = part.shape[: part.ndim - 3]
+    full = np.zeros(lead + prepared.shape, dtype=part.dtype)
+    np.moveaxis(full, len(lead) + prepared.axis, len(lead))[..., prepared.indices, :, :] = part
+    return full.reshape(shape)
 
 
 def segment_ensemble(

@@ -100,7 +100,7 @@ class InpaintingWidget(Container):
             self.first, self.last, self.device, self.run_button, self.cancel_button, self.progress, self.status,
             self.chosen, self.accept_button,
         ])
-        self.runner = JobRunner(self.run_button, self.cancel_button, self.status)
+        self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
         self.worker = None
         self._card: ModelCard | None = None
         self.result_layer: Image | None = None
@@ -235,13 +235,9 @@ class InpaintingWidget(Container):
         worker = self.runner.start(job, total=calls,
                                    on_done=self._add_result, on_preview=self._show_preview, description="Inpaint")
         if worker is not None:
-            worker.yielded.connect(self._count)
             worker.finished.connect(self._remove_preview)
             self.worker = worker
         return worker
-
-    def _count(self, event) -> None:
-        self.progress.max, self.progress.value = event.total, event.done
 
     @property
     def preview_name(self) -> str:

@@ -18,8 +18,10 @@ class JobRunner:
     signals there); the generator runs in a worker thread and never touches layers.
     """
 
-    def __init__(self, run_button, cancel_button, status_label=None, preview_interval: float = 0.3) -> None:
+    def __init__(self, run_button, cancel_button, status_label=None, preview_interval: float = 0.3,
+                 progress_bar=None) -> None:
         self.run_button, self.cancel_button, self.status = run_button, cancel_button, status_label
+        self.progress = progress_bar
         self.preview_interval = preview_interval
         self.worker = None
         self._last_preview = 0.0
@@ -50,6 +52,8 @@ class JobRunner:
 
         def yielded(event: Progress) -> None:
             self._set_status(f"{event.message or 'step'} {event.done}/{event.total}")
+            if self.progress is not None:
+                self.progress.max, self.progress.value = event.total, event.done
             now = time.monotonic()
             final = event.done >= event.total
             if on_preview is not None and event.preview is not None and (

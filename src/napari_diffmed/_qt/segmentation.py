@@ -68,7 +68,7 @@ class SegmentationWidget(Container):
             Container(widgets=[self.previous_button, self.next_button], layout="horizontal", labels=False),
             self.metrics,
         ])
-        self.runner = JobRunner(self.run_button, self.cancel_button, self.status)
+        self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
         self.worker = None
         self.result = None
         self.result_layers: dict[str, Any] = {}
@@ -171,13 +171,9 @@ class SegmentationWidget(Container):
         worker = self.runner.start(job, total=total, on_done=self._add_result, on_preview=self._show_preview,
                                    description="Segment")
         if worker is not None:
-            worker.yielded.connect(self._count)
             worker.finished.connect(self._remove_preview)
             self.worker = worker
         return worker
-
-    def _count(self, event) -> None:
-        self.progress.max, self.progress.value = event.total, event.done
 
     @property
     def preview_name(self) -> str:

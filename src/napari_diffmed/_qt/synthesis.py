@@ -57,7 +57,7 @@ class SynthesisWidget(Container):
             self.class_name, self.guidance, self.sweep, self.sweep_scales, self.device, self.run_button,
             self.cancel_button, self.progress, self.status,
         ])
-        self.runner = JobRunner(self.run_button, self.cancel_button, self.status)
+        self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
         self.worker = None
         self.model.changed.connect(self._model_changed)
         self.model_file.changed.connect(self._model_changed)
@@ -164,7 +164,6 @@ class SynthesisWidget(Container):
         worker = self.runner.start(job, total=settings.steps * runs, on_done=self._add_result,
                                    on_preview=self._show_preview, description="Synthesize")
         if worker is not None:
-            worker.yielded.connect(self._count)
             worker.finished.connect(self._remove_preview)
             self.worker = worker
         return worker
@@ -178,9 +177,6 @@ class SynthesisWidget(Container):
         if not scales:
             raise ValueError("give at least one sweep scale, e.g. 0, 1, 2, 4")
         return scales
-
-    def _count(self, event) -> None:
-        self.progress.max, self.progress.value = event.total, event.done
 
     def _show_preview(self, event) -> None:
         scale = (1.0,) * (event.preview.ndim - len(self._scale)) + self._scale

@@ -53,7 +53,7 @@ def main(argv=None) -> int:
         figures, seconds, result = run_method(cases, method, args.model)
         rows[method] = (figures, seconds)
         print(f"  {method}: {figures} in {seconds:.0f} s ({result.provenance['model_id']})", flush=True)
-    print(f"\n| method | pixel AUROC | AUPRC | best Dice | Dice at default threshold | seconds |\n|---|---|---|---|---|---|")
+    print("\n| method | pixel AUROC | AUPRC | best Dice | Dice at default threshold | seconds |\n|---|---|---|---|---|---|")
     for name, (f, seconds) in rows.items():
         print(f"| {name} | {f['auroc']:.3f} | {f['auprc']:.3f} | {f['best_dice']:.3f} | "
               f"{f.get('dice', float('nan')):.3f} | {seconds:.0f} |")

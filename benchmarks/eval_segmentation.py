@@ -7,7 +7,8 @@ is the template's white-matter probability map: > 0.5 for Dice, HD95, GED and th
 the map itself for calibration. Every score is counted on the slab's slices inside the brain mask
 (``anomaly.foreground_mask``): consensus (majority vote) Dice and HD95, the mean Dice of single
 members, multi-Otsu (3 classes, WM = the brightest) Dice, GED of the members vs the reference mask,
-AUROC of the entropy for the consensus errors, and the expected calibration error of the mean.
+AUROC of the entropy for the consensus errors, and the expected calibration errors of the mean and of
+the votes (fraction of member masks) against the probability map.
 
     python benchmarks/eval_segmentation.py --model .scratch/models/mni_wm_seg_96.safetensors
 """
@@ -25,7 +26,7 @@ from napari_diffmed.ensemble import DEFAULTS, segment_ensemble
 from napari_diffmed.evaluation.segmentation import dice, multi_otsu_wm, segmentation_scores
 from napari_diffmed.training.templates import held_out_slices, load_mni152
 
-COLUMNS = ("dice", "member_dice", "otsu_dice", "hd95", "ged", "uncertainty_auroc", "ece", "seconds")
+COLUMNS = ("dice", "member_dice", "otsu_dice", "hd95", "ged", "uncertainty_auroc", "ece", "ece_votes", "seconds")
 
 
 def _world_z(template) -> np.ndarray:
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
                 print(f"  {rows[-1]}", flush=True)
     print(f"\n{args.members} members, model {rows[0]['model_id'] if rows else '?'}\n")
     print("| template | slices | steps | consensus Dice | mean member Dice | multi-Otsu Dice | HD95 mm | GED | "
-          "uncertainty AUROC | ECE | seconds |\n|---|---|---|---|---|---|---|---|---|---|---|")
+          "uncertainty AUROC | ECE of mean | ECE of votes | seconds |\n" + "|---" * 12 + "|")
     for row in rows:
         print(f"| {row['template']} | {row['slices']} | {row['steps']} | "
               + " | ".join(f"{row[c]:.3f}" if c != "seconds" else f"{row[c]:.0f}" for c in COLUMNS) + " |")

@@ -12,7 +12,7 @@ nib = pytest.importorskip("nibabel")
 from napari_diffmed.cli import main  # noqa: E402
 from napari_diffmed.io import read_nifti, write_nifti  # noqa: E402
 
-MAPS = ("seg_labels", "seg_mean", "seg_variance", "seg_entropy", "seg_mutual_information")
+MAPS = ("seg_labels", "seg_mean", "seg_votes", "seg_variance", "seg_entropy", "seg_mutual_information")
 
 
 @pytest.fixture

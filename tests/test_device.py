@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
 from napari_diffmed import device as device_module
-from napari_diffmed.device import DEVICE_CHOICES, available_devices, make_generator, select_device
+from napari_diffmed.device import DEVICE_CHOICES, available_devices, make_generator, resolve_seed, select_device
 
 
 def test_auto_picks_the_best_available_device():
@@ -95,3 +96,16 @@ def test_cuda_generator_lives_on_the_gpu():
     assert generator.device.type == "cuda"
     a = torch.randn(16, generator=generator, device=cuda)
     assert torch.equal(a, torch.randn(16, generator=make_generator(5, cuda), device=cuda))
+
+
+def test_a_fresh_seed_leaves_the_global_generators_alone():
+    torch.manual_seed(5)
+    expected = torch.randn(3)
+    torch.manual_seed(5)
+    np.random.seed(5)
+    make_generator(None, torch.device("cpu"))
+    seeds = {resolve_seed(None) for _ in range(4)}
+    assert len(seeds) > 1 and all(isinstance(s, int) and s >= 0 for s in seeds)
+    assert torch.equal(torch.randn(3), expected), "torch's global generator was reseeded"
+    assert np.random.rand() == np.random.RandomState(5).rand(), "numpy's global generator was reseeded"
+    assert resolve_seed(7) == 7

@@ -23,17 +23,20 @@ def result(tiny_seg_model, small_volume):
 def test_maps_on_the_input_grid_within_bounds(result, small_volume):
     shape = small_volume.image.shape
     assert result.members.shape == (4, *shape) and result.members.dtype == np.float32
-    for name in ("mean", "variance", "entropy", "mutual_information", "covered"):
+    for name in ("mean", "votes", "variance", "entropy", "mutual_information", "covered"):
         assert getattr(result, name).shape == shape
     assert 0 <= result.members.min() and result.members.max() <= 1
     assert 0 <= result.variance.min() and result.variance.max() <= 0.25 + 1e-6
     assert 0 <= result.entropy.min() and result.entropy.max() <= 1 + 1e-6
     assert np.all(result.mutual_information <= result.entropy + 1e-6) and result.mutual_information.min() >= 0
+    assert set(np.unique(result.votes * 4)) <= {0, 1, 2, 3, 4}  # the fraction of 4 member masks
+    np.testing.assert_allclose(result.mean, result.members.mean(axis=0), atol=1e-6)
     assert result.variance.max() > 0  # random-weight members disagree
     outside = ~result.covered
     assert outside.any() and np.all(result.members[:, outside] == 0) and np.all(result.entropy[outside] == 0)
     labels = result.labels()
     assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1}
+    assert np.array_equal(labels, result.votes > 0.5)  # the consensus is a strict majority of member masks
     prov = result.provenance
     assert prov["model"] == "tiny_seg" and prov["members"] == 4 and prov["entropy_units"] == "bits"
     assert prov["slices"] == list(range(6)) and prov["scheduler"] == "DDIMScheduler"
@@ -105,15 +108,21 @@ def test_identical_members_give_no_uncertainty():
     rng = np.random.default_rng(0)
     one = (rng.random((3, 8, 8)) > 0.5).astype(np.float32)
     maps = summarise(np.repeat(one[None], 5, axis=0))
-    assert np.array_equal(maps["mean"], one)
+    assert np.array_equal(maps["mean"], one) and np.array_equal(maps["votes"], one)
     for name in ("variance", "entropy", "mutual_information"):
         assert np.all(maps[name] == 0), name
-    soft = np.full((5, 4), 0.3, np.float32)  # agreeing but unsure members: entropy without disagreement
-    maps = summarise(soft)
-    np.testing.assert_allclose(maps["entropy"], binary_entropy(0.3))
-    np.testing.assert_allclose(maps["mutual_information"], 0, atol=1e-6)
+    soft = summarise(np.full((5, 4), 0.3, np.float32))  # agreeing but unsure members: no disagreement
+    np.testing.assert_allclose(soft["entropy"], binary_entropy(0.3))
+    np.testing.assert_allclose(soft["variance"], 0, atol=1e-7)
+    np.testing.assert_allclose(soft["mutual_information"], 0, atol=1e-6)
+    assert np.all(soft["votes"] == 0)
     split = summarise(np.array([[0.0], [1.0]]))  # two certain members disagreeing: 1 bit, all of it MI
     assert split["entropy"][0] == pytest.approx(1) and split["mutual_information"][0] == pytest.approx(1)
+    assert split["votes"][0] == 0.5 and split["variance"][0] == pytest.approx(0.25)
+    unsure = summarise(np.array([[0.45], [0.55]]))  # split votes, but neither member is sure: little MI
+    assert unsure["votes"][0] == 0.5 and unsure["entropy"][0] == pytest.approx(1)
+    assert unsure["mutual_information"][0] < 0.01
+    assert binary_entropy(np.array([0.0, 0.5, 1.0])).tolist() == [0.0, 1.0, 0.0]
 
 
 def test_fuse_rules_and_ranking():

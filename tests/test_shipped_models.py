@@ -163,3 +163,4 @@ def test_segmentation_ensemble_on_a_held_out_slab():
     assert scores["dice"] > 0.8, scores
     assert scores["dice"] >= scores["member_dice"], scores  # the ensemble beats its members (Wolleb et al.)
     assert scores["uncertainty_auroc"] > 0.75, scores  # the uncertainty points at the errors
+    assert scores["ece_votes"] < 0.15 and scores["ece_votes"] < scores["ece"], scores  # votes are calibrated

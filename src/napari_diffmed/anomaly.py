@@ -240,7 +240,7 @@ def iter_anomaly_map(
     """
     import torch
 
-    from .device import make_generator
+    from .device import make_generator, resolve_seed
     from .sampling import make_scheduler
     from .simplex import simplex_noise
     from .volumes import prepare
@@ -260,7 +260,7 @@ def iter_anomaly_map(
     sched = make_scheduler(card, "ddim", cfg.steps, device=dev)
     t_start = inversion_start(sched, cfg.depth if cfg.method == "ddim" else cfg.level)
     _conditioning(card, cfg, 1, dev)  # ddim with an unconditional model fails here, before any work
-    seed = int(np.random.SeedSequence().entropy % 2**31) if cfg.seed is None else int(cfg.seed)
+    seed = resolve_seed(cfg.seed)
     gen = make_generator(seed, dev)
     k, n = cfg.reconstructions, len(prepared.data)
     x0 = torch.from_numpy(prepared.data).to(dev, torch.float32)[:, None]

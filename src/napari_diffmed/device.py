@@ -40,11 +40,22 @@ def select_device(preference: "str | torch.device | None" = "auto") -> "torch.de
     return torch.device(pref)
 
 
+def resolve_seed(seed: int | None) -> int:
+    """``seed`` as an int, or a fresh one from the OS's entropy when None (so a run can record it).
+
+    Nothing global is touched: torch's and numpy's default generators keep their state.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence().entropy % 2**31) if seed is None else int(seed)
+
+
 def make_generator(seed: int | None, device: "torch.device") -> "torch.Generator":
-    """A torch generator on ``device`` (CPU for MPS, which lacks device generators)."""
+    """A torch generator on ``device`` (CPU for MPS, which lacks device generators), seeded with
+    :func:`resolve_seed` of ``seed``."""
     import torch
 
     gen_device = device if device.type == "cuda" else torch.device("cpu")
     gen = torch.Generator(device=gen_device)
-    gen.manual_seed(int(seed) if seed is not None else int(torch.seed() % (2**63)))
+    gen.manual_seed(resolve_seed(seed))
     return gen

@@ -7,14 +7,19 @@ noise, so the members are samples of plausible masks; members and slices share o
 dimension, cut into chunks of ``chunk`` network inputs so that memory stays bounded.
 
 Each member is kept *soft*: its final x0 estimate mapped to a probability ``(x0 + 1) / 2``; its
-hard mask is ``x0 > 0`` (probability > 0.5). From the members, on the input's grid:
+mask is ``x0 > 0`` (probability > 0.5). From the members, on the input's grid:
 
-- ``mean`` and ``variance`` of the member probabilities;
-- ``entropy``: binary predictive entropy of the mean, in **bits** (0 to 1);
-- ``mutual_information``: the entropy minus the members' mean entropy (bits): the part of the
-  uncertainty that comes from members disagreeing. It is 0 when all members agree;
-- consensus labels by :func:`fuse` (majority vote of hard members, or the mean above a threshold),
-  which re-fuses the stored members without any model call.
+- ``mean`` and ``variance`` of the members' soft probabilities;
+- ``votes``: the fraction of member masks covering a voxel (the mean of the sampled masks, as in
+  Wolleb et al.). A partly trained model squeezes its soft outputs towards 0.5, so on held-out
+  data ``votes`` is the better calibrated probability, while ``entropy`` (from the soft mean,
+  which has no ties) is the better pointer to errors;
+- ``entropy``: binary predictive entropy of ``mean``, in **bits** (0 to 1);
+- ``mutual_information`` (bits): ``entropy`` minus the members' mean entropy (the BALD
+  decomposition), the part of the uncertainty due to members disagreeing rather than each
+  being unsure. It needs the soft members: with binary members it would equal the entropy;
+- consensus labels by :func:`fuse` (``votes`` above a threshold, i.e. a majority vote, or
+  ``mean`` above it), which re-fuses the stored members without any model call.
 """
 
 from __future__ import annotations
@@ -66,25 +71,29 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
 
 
 def summarise(members: np.ndarray) -> dict[str, np.ndarray]:
-    """Mean, variance, entropy and mutual information (bits) of ``(M, ...)`` member probabilities."""
+    """``mean``, ``votes``, ``variance``, ``entropy`` and ``mutual_information`` (bits) of ``(M, ...)``
+    member probabilities (see the module's docstring). Identical binary members give 0 everywhere
+    but ``mean`` and ``votes``; identical soft members leave only the entropy of their own doubt."""
     m = np.asarray(members, dtype=np.float32)
     if m.ndim < 2 or len(m) == 0:
         raise ValueError(f"expected a stack of members (M, ...), got shape {m.shape}")
+    votes = np.zeros(m.shape[1:], dtype=np.float32)
+    member_entropy = np.zeros(m.shape[1:], dtype=np.float32)
+    for member in m:  # one member at a time: no (M, ...) temporaries
+        votes += member > 0.5
+        member_entropy += binary_entropy(member)
     mean = m.mean(axis=0, dtype=np.float64).astype(np.float32)
-    variance = m.var(axis=0, dtype=np.float64).astype(np.float32)
     entropy = binary_entropy(mean)
-    member_entropy = np.zeros(mean.shape, dtype=np.float32)
-    for member in m:  # one member at a time: no (M, ...) float64 temporary
-        member_entropy += binary_entropy(member) / len(m)
-    mi = np.clip(entropy - member_entropy, 0.0, None)
-    return {"mean": mean, "variance": variance, "entropy": entropy, "mutual_information": mi}
+    return {"mean": mean, "votes": votes / len(m), "variance": m.var(axis=0, dtype=np.float64).astype(np.float32),
+            "entropy": entropy, "mutual_information": np.clip(entropy - member_entropy / len(m), 0.0, None)}
 
 
 def fuse(members: np.ndarray, rule: str = DEFAULTS.rule, threshold: float = DEFAULTS.threshold) -> np.ndarray:
     """Consensus labels (uint8 0/1) from member probabilities ``(M, ...)``; no model call.
 
-    ``majority``: the fraction of members whose hard mask (probability > 0.5) is set exceeds
-    ``threshold`` (0.5 = a strict majority); ``mean``: the mean probability exceeds ``threshold``.
+    ``majority``: the fraction of members whose mask (probability > 0.5) is set (the result's
+    ``votes``) exceeds ``threshold`` (0.5 = a strict majority); ``mean``: the members' mean
+    probability exceeds ``threshold``.
     """
     if rule not in RULES:
         raise ValueError(f"unknown fusion rule {rule!r}; choose one of {list(RULES)}")
@@ -123,6 +132,7 @@ class EnsembleResult:
 
     members: np.ndarray
     mean: np.ndarray
+    votes: np.ndarray
     variance: np.ndarray
     entropy: np.ndarray
     mutual_information: np.ndarray
@@ -195,7 +205,7 @@ def iter_segment_ensemble(
     """
     import torch
 
-    from .device import make_generator
+    from .device import make_generator, resolve_seed
     from .provenance import provenance
     from .sampling import Conditioning, iter_denoise, make_scheduler
     from .volumes import as_volume, prepare
@@ -225,7 +235,7 @@ def iter_segment_ensemble(
     dev = next(net.parameters()).device
     sched = make_scheduler(card, scheduler, steps, device=dev)
     prepared = prepare(arr, spacing, card, axis=axis, indices=indices)
-    seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else int(seed)
+    seed = resolve_seed(seed)
     gen = make_generator(seed, dev)
     start = time.perf_counter()
     n = len(prepared.data)

@@ -253,7 +253,7 @@ def iter_inpaint(
     """
     import torch
 
-    from .device import make_generator
+    from .device import make_generator, resolve_seed
     from .provenance import provenance
     from .sampling import Conditioning, alpha_bar, iter_denoise, make_scheduler
     from .volumes import as_volume, prepare
@@ -280,7 +280,7 @@ def iter_inpaint(
         moved[np.setdiff1d(np.arange(len(moved)), process)] = False
         if left:
             notes.append(f"{left} mask voxels lie on slices outside the chosen range and were left as they are")
-    seed = int(np.random.SeedSequence().entropy % (2**31)) if seed is None else int(seed)
+    seed = resolve_seed(seed)
     record: dict[str, Any] = dict(task="inpaint", class_name=cls, mode=mode, scheduler="DDIMScheduler", **vars(settings),
                                   proposals=int(proposals), seed=seed, axis=axis, device=str(dev))
     if not fill.any():

@@ -147,7 +147,7 @@ def iter_synthesize(
     """
     import torch
 
-    from .device import make_generator
+    from .device import make_generator, resolve_seed
     from .provenance import provenance
     from .sampling import iter_denoise, make_scheduler
 
@@ -158,8 +158,7 @@ def iter_synthesize(
     dev = next(loaded.network.parameters()).device
     cond, cls, w = _conditioning(card, class_name, guidance, int(n), dev)
     sched = make_scheduler(card, scheduler, steps, device=dev)
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**31))
+    seed = resolve_seed(seed)
     gen = make_generator(seed, dev)
     start = time.perf_counter()
     noise = torch.randn((int(n), card.in_channels, *card.image_size), generator=gen, device=gen.device).to(dev)
@@ -211,11 +210,12 @@ def iter_guidance_sweep(
         raise ValueError("give at least one guidance scale for the sweep")
     for w in scales:
         _check_numbers(n, w, eta, seed)
+    from .device import resolve_seed
+
     loaded = load_image_model(model, device)
     if not loaded.card.conditional:
         raise ValueError(f"model {loaded.card.name!r} is not class-conditional, so it has no guidance to sweep")
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**31))
+    seed = resolve_seed(seed)
     results: list[SynthesisResult] = []
     for k, w in enumerate(scales):
         run = iter_synthesize(loaded, n, steps, scheduler, seed, class_name, w, device, eta)

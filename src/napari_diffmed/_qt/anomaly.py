@@ -12,6 +12,7 @@ from napari.utils.notifications import show_error
 
 from ..anomaly import DEFAULTS, LIMITS, METHODS, AnomalyResult, parse_slices
 from .jobs import JobRunner
+from .layers import PreviewLayer
 
 
 GEOMETRY = ("scale", "translate", "rotate", "shear")
@@ -52,7 +53,7 @@ class AnomalyWidget(Container):
         self.runner = JobRunner(self.run_button, self.cancel_button, self.status)
         self.result: AnomalyResult | None = None
         self.result_layers: dict[str, Any] = {}
-        self._preview = None
+        self.preview = PreviewLayer(viewer)
         self._scores: dict[str, float] | None = None
         self._reference: np.ndarray | None = None
         self.run_button.changed.connect(self._run)
@@ -111,25 +112,21 @@ class AnomalyWidget(Container):
         n = 1 if card.spatial_dims == 3 or data.ndim == 2 else len(set(indices or range(data.shape[0])))
         job = lambda: iter_anomaly_map(data, spacing, indices=indices, model=model,  # noqa: E731
                                        preview_interval=0.5, **settings)
-        self.runner.start(job, total=planned_calls(card, n, replace(DEFAULTS, **settings)),
-                          on_done=lambda r: self._show(r, source, self._reference),
-                          on_preview=lambda e: self._show_preview(e.preview, source), description="anomaly map")
+        worker = self.runner.start(job, total=planned_calls(card, n, replace(DEFAULTS, **settings)),
+                                   on_done=lambda r: self._show(r, source, self._reference),
+                                   on_preview=lambda e: self.preview.show(
+                                       e.preview, f"{source.name} reconstruction (running)", colormap="gray",
+                                       **self._kwargs(source)),
+                                   description="anomaly map")
+        if worker is not None:
+            worker.finished.connect(self.preview.remove)
 
     def _kwargs(self, source) -> dict[str, Any]:
         kw = {name: getattr(source, name) for name in GEOMETRY}
         return {**kw, "affine": source.affine.affine_matrix, "metadata": dict(source.metadata)}
 
-    def _show_preview(self, preview: np.ndarray, source) -> None:
-        if self._preview is None or self._preview not in self.viewer.layers:
-            self._preview = self.viewer.add_image(preview, name=f"{source.name} reconstruction (running)",
-                                                  colormap="gray", **self._kwargs(source))
-        else:
-            self._preview.data = preview
-
     def _show(self, result: AnomalyResult, source, reference: np.ndarray | None) -> None:
-        if self._preview is not None and self._preview in self.viewer.layers:
-            self.viewer.layers.remove(self._preview)
-        self._preview = None
+        self.preview.remove()
         self.result, kw, name = result, self._kwargs(source), source.name
         inside = result.heatmap[result.brain_mask]
         low, high = (np.percentile(inside, [50, 99.5]) if inside.size else (0.0, 1.0))

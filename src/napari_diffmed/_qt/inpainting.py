@@ -15,20 +15,10 @@ from ..device import DEVICE_CHOICES
 from ..inpainting import DEFAULTS, MODES, count_network_calls, describe, repaint_schedule, resample_mask
 from ..models import ModelCard, ModelCardError, list_models
 from .jobs import JobRunner
+from .layers import PreviewLayer, placement, world_matrix
 
 
 REGIONS = ("whole volume", "current slice", "slice range")
-
-
-def world_matrix(layer) -> np.ndarray:
-    """A layer's (ndim+1)^2 data -> world matrix, probed through its public ``data_to_world``."""
-    n = layer.ndim
-    origin = np.asarray(layer.data_to_world(np.zeros(n)), dtype=float)
-    matrix = np.eye(n + 1)
-    for i in range(n):
-        matrix[:n, i] = np.asarray(layer.data_to_world(np.eye(n)[i]), dtype=float) - origin
-    matrix[:n, n] = origin
-    return matrix
 
 
 def mask_for(image: Image, layer: Labels | Shapes) -> tuple[np.ndarray, list[str]]:
@@ -49,18 +39,6 @@ def mask_for(image: Image, layer: Labels | Shapes) -> tuple[np.ndarray, list[str
     notes.append(f"mask {layer.name!r} {data.shape} lies on another grid than {image.name!r} {shape}; "
                  f"resampled onto the image's grid: {int((data != 0).sum())} -> {int(out.sum())} voxels")
     return out, notes
-
-
-def _placement(layer: Image, lead: int = 0) -> dict[str, Any]:
-    """Where ``layer`` sits in the world (scale/translate, or an affine), with ``lead`` extra leading axes."""
-    meta = {k: v for k, v in layer.metadata.items() if k != "provenance"}
-    matrix, n = world_matrix(layer), layer.ndim
-    if np.allclose(matrix[:n, :n], np.diag(np.diag(matrix[:n, :n]))):
-        return {"scale": (1.0,) * lead + tuple(np.diag(matrix)[:n]), "translate": (0.0,) * lead + tuple(matrix[:n, n]),
-                "metadata": meta}
-    full = np.eye(n + lead + 1)
-    full[lead:, lead:] = matrix
-    return {"affine": full, "metadata": meta}
 
 
 class InpaintingWidget(Container):
@@ -101,6 +79,7 @@ class InpaintingWidget(Container):
             self.chosen, self.accept_button,
         ])
         self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
+        self.preview = PreviewLayer(viewer)
         self.worker = None
         self._card: ModelCard | None = None
         self.result_layer: Image | None = None
@@ -235,36 +214,25 @@ class InpaintingWidget(Container):
         worker = self.runner.start(job, total=calls,
                                    on_done=self._add_result, on_preview=self._show_preview, description="Inpaint")
         if worker is not None:
-            worker.finished.connect(self._remove_preview)
+            worker.finished.connect(self.preview.remove)
             self.worker = worker
         return worker
 
-    @property
-    def preview_name(self) -> str:
-        return f"{self._source.name} inpaint preview"
-
     def _show_preview(self, event) -> None:
-        if self.preview_name in self.viewer.layers:
-            self.viewer.layers[self.preview_name].data = event.preview
-        else:
-            self.viewer.add_image(event.preview, name=self.preview_name, colormap="gray",
-                                  contrast_limits=self._source.contrast_limits, **_placement(self._source))
-
-    def _remove_preview(self, *_: Any) -> None:
-        if self.preview_name in self.viewer.layers:
-            self.viewer.layers.remove(self.preview_name)
+        self.preview.show(event.preview, f"{self._source.name} inpaint preview", colormap="gray",
+                          contrast_limits=self._source.contrast_limits, **placement(self._source))
 
     def _add_result(self, result) -> None:
-        self._remove_preview()
+        self.preview.remove()
         src, prov = self._source, result.provenance
         for note in result.messages:
             show_info(f"Inpaint: {note}")
         look = dict(colormap="gray", contrast_limits=src.contrast_limits)
-        stack = _placement(src, lead=1)
+        stack = placement(src, lead=1)
         stack["metadata"] = {**stack["metadata"], "provenance": prov}
         self.result_layer = self.viewer.add_image(result.proposals, name=f"{src.name} inpaint proposals", **look,
                                                   **stack)
-        single = _placement(src)
+        single = placement(src)
         single["metadata"] = {**single["metadata"], "provenance": prov}
         self.viewer.add_image(result.mean, name=f"{src.name} inpaint mean", **look, **single)
         top = float(result.variance.max()) or 1.0
@@ -281,7 +249,7 @@ class InpaintingWidget(Container):
             self._fail("run inpainting first (the proposals layer is gone)")
             return None
         k = min(self.chosen.value, stack.data.shape[0] - 1)
-        single = _placement(self._source)
+        single = placement(self._source)
         single["metadata"] = {**single["metadata"], "provenance": {**stack.metadata["provenance"], "proposal": k}}
         return self.viewer.add_image(np.array(stack.data[k]), name=f"{self._source.name} inpainted #{k}",
                                      colormap="gray", contrast_limits=self._source.contrast_limits, **single)

@@ -18,7 +18,7 @@ from ..device import DEVICE_CHOICES
 from ..ensemble import DEFAULTS, MAX_MEMBERS, RULES
 from ..models import default_model, list_models
 from ..sampling import SCHEDULER_NAMES
-from .inpainting import _placement
+from .layers import PreviewLayer, placement
 from .jobs import JobRunner
 
 
@@ -69,6 +69,7 @@ class SegmentationWidget(Container):
             self.metrics,
         ])
         self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
+        self.preview = PreviewLayer(viewer)
         self.worker = None
         self.result = None
         self.result_layers: dict[str, Any] = {}
@@ -171,29 +172,18 @@ class SegmentationWidget(Container):
         worker = self.runner.start(job, total=total, on_done=self._add_result, on_preview=self._show_preview,
                                    description="Segment")
         if worker is not None:
-            worker.finished.connect(self._remove_preview)
+            worker.finished.connect(self.preview.remove)
             self.worker = worker
         return worker
 
-    @property
-    def preview_name(self) -> str:
-        return f"{self._source.name} ensemble preview"
-
     def _show_preview(self, event) -> None:
-        if self.preview_name in self.viewer.layers:
-            self.viewer.layers[self.preview_name].data = event.preview
-        else:
-            self.viewer.add_image(event.preview, name=self.preview_name, colormap="magma", blending="additive",
-                                  contrast_limits=(0.0, 1.0), **_placement(self._source))
-
-    def _remove_preview(self, *_: Any) -> None:
-        if self._source is not None and self.preview_name in self.viewer.layers:
-            self.viewer.layers.remove(self.preview_name)
+        self.preview.show(event.preview, f"{self._source.name} ensemble preview", colormap="magma",
+                          blending="additive", contrast_limits=(0.0, 1.0), **placement(self._source))
 
     def _add_result(self, result) -> None:
-        self._remove_preview()
+        self.preview.remove()
         src, self.result = self._source, result
-        place = _placement(src)
+        place = placement(src)
         place["metadata"] = {**place["metadata"], "provenance": result.provenance}
         name, add = src.name, self.viewer.add_image
         self.result_layers = {
@@ -205,7 +195,7 @@ class SegmentationWidget(Container):
                            blending="additive", opacity=0.7, **place),
         }
         if self.keep_members.value:
-            stack = _placement(src, lead=1)
+            stack = placement(src, lead=1)
             stack["metadata"] = {**stack["metadata"], "provenance": result.provenance}
             self.result_layers["members"] = add(result.members, name=f"{name} ensemble members", colormap="gray",
                                                 contrast_limits=(0, 1), visible=False, **stack)

@@ -18,6 +18,7 @@ from ..models import ModelCard, ModelCardError, default_model, list_models
 from ..sampling import SCHEDULER_NAMES
 from ..synthesis import DEFAULTS, MAX_GUIDANCE, MAX_SAMPLES, SWEEP_SCALES, SynthesisSettings
 from .jobs import JobRunner
+from .layers import PreviewLayer
 
 
 PREVIEW_NAME = "synthesis preview"
@@ -58,6 +59,7 @@ class SynthesisWidget(Container):
             self.cancel_button, self.progress, self.status,
         ])
         self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
+        self.preview = PreviewLayer(viewer)
         self.worker = None
         self.model.changed.connect(self._model_changed)
         self.model_file.changed.connect(self._model_changed)
@@ -164,7 +166,7 @@ class SynthesisWidget(Container):
         worker = self.runner.start(job, total=settings.steps * runs, on_done=self._add_result,
                                    on_preview=self._show_preview, description="Synthesize")
         if worker is not None:
-            worker.finished.connect(self._remove_preview)
+            worker.finished.connect(self.preview.remove)
             self.worker = worker
         return worker
 
@@ -180,21 +182,12 @@ class SynthesisWidget(Container):
 
     def _show_preview(self, event) -> None:
         scale = (1.0,) * (event.preview.ndim - len(self._scale)) + self._scale
-        if PREVIEW_NAME in self.viewer.layers:
-            layer = self.viewer.layers[PREVIEW_NAME]
-            layer.data = event.preview
-        else:
-            self.viewer.add_image(event.preview, name=PREVIEW_NAME, scale=scale, contrast_limits=(0.0, 1.0),
-                                  colormap="gray")
-
-    def _remove_preview(self, *_: Any) -> None:
-        if PREVIEW_NAME in self.viewer.layers:
-            self.viewer.layers.remove(PREVIEW_NAME)
+        self.preview.show(event.preview, PREVIEW_NAME, scale=scale, contrast_limits=(0.0, 1.0), colormap="gray")
 
     # --- results ------------------------------------------------------------------------------------
 
     def _add_result(self, result) -> None:
-        self._remove_preview()
+        self.preview.remove()
         results = getattr(result, "results", [result])
         columns = len(results) > 1
         for k, res in enumerate(results):

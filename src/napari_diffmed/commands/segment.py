@@ -9,16 +9,17 @@ from ..ensemble import DEFAULTS, RULES
 from ..sampling import SCHEDULER_NAMES
 from .common import add_common, file_runner, printer, write_sidecar
 
-OUTPUTS = {"labels": "seg_labels", "mean": "seg_mean", "variance": "seg_variance", "entropy": "seg_entropy",
-           "mutual_information": "seg_mutual_information"}
+OUTPUTS = {"labels": "seg_labels", "mean": "seg_mean", "votes": "seg_votes", "variance": "seg_variance",
+           "entropy": "seg_entropy", "mutual_information": "seg_mutual_information"}
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "segment", help="segment a scan with a diffusion ensemble and map its uncertainty",
         description="Sample an ensemble of segmentations of SCAN with a diffusion segmentation model "
-                    "(Wolleb et al. 2022) and write the consensus labels, the members' mean probability, "
-                    "their variance, the predictive entropy (bits) and the mutual information (bits) as NIfTI "
+                    "(Wolleb et al. 2022) and write the consensus labels, the members' mean probability, the "
+                    "fraction of members voting for each voxel, the members' variance, the predictive "
+                    "entropy (bits) and the mutual information (bits) as NIfTI "
                     "files in the scan's space, with a JSON record of the run. Voxels the model did not see "
                     "(other slices, outside its field of view) are 0 in every map.",
     )

@@ -147,7 +147,8 @@ def segmentation_scores(
 
     Dice and HD95 (mm) of the consensus, mean single-member Dice, GED of the members' hard masks vs
     the reference, AUROC of the entropy for the consensus errors, and, given a ``probability``
-    reference map, the expected calibration error of the ensemble mean.
+    reference map, the expected calibration errors of the ensemble's mean (``ece``) and of its
+    votes (``ece_votes``).
     """
     region = result.covered if region is None else np.asarray(region, dtype=bool)
     _same_shape(result.mean, reference, region, probability)
@@ -164,5 +165,7 @@ def segmentation_scores(
         "uncertainty_auroc": uncertainty_auroc(result.entropy[box], labels, ref, region),
     }
     if probability is not None:
-        out["ece"] = expected_calibration_error(result.mean[box], np.asarray(probability)[box], region=region)
+        target = np.asarray(probability)[box]
+        out["ece"] = expected_calibration_error(result.mean[box], target, region=region)
+        out["ece_votes"] = expected_calibration_error(result.votes[box], target, region=region)
     return out

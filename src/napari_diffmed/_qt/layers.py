@@ -1,0 +1,54 @@
+"""Layer helpers shared by the widgets: where a layer sits in the world, and a job's preview layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def world_matrix(layer) -> np.ndarray:
+    """A layer's (ndim+1)^2 data -> world matrix, probed through its public ``data_to_world``."""
+    n = layer.ndim
+    origin = np.asarray(layer.data_to_world(np.zeros(n)), dtype=float)
+    matrix = np.eye(n + 1)
+    for i in range(n):
+        matrix[:n, i] = np.asarray(layer.data_to_world(np.eye(n)[i]), dtype=float) - origin
+    matrix[:n, n] = origin
+    return matrix
+
+
+def placement(layer, lead: int = 0) -> dict[str, Any]:
+    """Where ``layer`` sits in the world (scale/translate, or an affine), with ``lead`` extra leading axes,
+    and its metadata without the provenance of whatever made it."""
+    meta = {k: v for k, v in layer.metadata.items() if k != "provenance"}
+    matrix, n = world_matrix(layer), layer.ndim
+    if np.allclose(matrix[:n, :n], np.diag(np.diag(matrix[:n, :n]))):
+        return {"scale": (1.0,) * lead + tuple(np.diag(matrix)[:n]), "translate": (0.0,) * lead + tuple(matrix[:n, n]),
+                "metadata": meta}
+    full = np.eye(n + lead + 1)
+    full[lead:, lead:] = matrix
+    return {"affine": full, "metadata": meta}
+
+
+class PreviewLayer:
+    """The one temporary Image layer that shows a running job's current estimate.
+
+    ``show`` adds it on the first preview and only swaps its data afterwards; ``remove`` takes it
+    away (when the job ends, however it ends). A layer the user deleted meanwhile is added again.
+    """
+
+    def __init__(self, viewer) -> None:
+        self.viewer = viewer
+        self.layer = None
+
+    def show(self, data: np.ndarray, name: str, **kwargs: Any) -> None:
+        if self.layer is not None and self.layer in self.viewer.layers:
+            self.layer.data = data
+        else:
+            self.layer = self.viewer.add_image(data, name=name, **kwargs)
+
+    def remove(self, *_: Any) -> None:
+        if self.layer is not None and self.layer in self.viewer.layers:
+            self.viewer.layers.remove(self.layer)
+        self.layer = None

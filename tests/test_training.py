@@ -196,7 +196,9 @@ def test_recipe_mode_calls_train_default_and_keeps_the_recipe_fixed(tmp_path, ca
     assert main([*recipe, "--steps", "3", "--device", "cpu"]) == 0
     (args, kwargs), = calls
     assert args == ("mni_t1_axial_64", tmp_path) and callable(kwargs.pop("log"))
-    assert kwargs == dict(steps=3, resume=False, device="cpu")
+    assert kwargs == dict(steps=3, resume=False, device="cpu", init=None)
+    assert main([*recipe, "--init", str(tmp_path / "old.safetensors")]) == 0  # fine-tuning a recipe's model
+    assert calls[-1][1]["init"] == tmp_path / "old.safetensors"
     assert main([*recipe, "--batch-size", "4"]) == 2
     assert "--batch-size cannot be combined with --recipe" in capsys.readouterr().err
     command = f"napari-diffmed train --recipe mni_wm_seg_96 --steps 1500 --out {tmp_path}"  # as the cards record it

@@ -48,6 +48,9 @@ def add_parser(subparsers) -> None:
     t.add_argument("--grad-accum", type=int, default=None, help="batches per optimiser step (default 1)")
     t.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 250)")
     t.add_argument("--seed", type=int, default=None, help="default 0")
+    t.add_argument("--init", type=Path, default=None, metavar="WEIGHTS",
+                   help="start from this model's weights (NAME.safetensors with its card; same network), "
+                        "e.g. to fine-tune a shipped model on your data")
     t.add_argument("--resume", action="store_true", help="continue from NAME.resume.safetensors if present")
     t.add_argument("--overwrite", action="store_true", help="start again even if NAME.safetensors exists")
     t.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
@@ -79,7 +82,8 @@ def run_recipe(args: argparse.Namespace) -> int:
     if weights.exists() and not (args.resume or args.overwrite):
         raise FileExistsError(f"{weights} exists; pass --resume to continue it or --overwrite to start again")
     log = _log(args.quiet)
-    state = train_default(args.recipe, args.out, steps=args.steps, resume=args.resume, device=args.device, log=log)
+    state = train_default(args.recipe, args.out, steps=args.steps, resume=args.resume, device=args.device, log=log,
+                          init=args.init)
     log(f"wrote {weights} and {weights.with_suffix('.json').name} (step {state.step})")
     return 0
 
@@ -109,7 +113,7 @@ def run_folder(args: argparse.Namespace) -> int:
         args.data, args.out, args.name, task=args.task or "image", image_size=size, spacing=spacing,
         classes=args.classes, labels_csv=args.labels, channels=args.channels or (32, 64, 64),
         held_out=0.2 if args.held_out is None else args.held_out, config=config, resume=args.resume,
-        overwrite=args.overwrite, log=_log(args.quiet),
+        overwrite=args.overwrite, log=_log(args.quiet), init=args.init,
     )
     return 0
 

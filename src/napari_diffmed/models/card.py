@@ -11,6 +11,7 @@ from typing import Any
 TASKS = ("image", "segmentation")
 ARCHITECTURES = ("DiffusionModelUNet",)
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "RFlowScheduler")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # MONAI's names: noise, x0, velocity
 CARD_VERSION = 1
 
 
@@ -23,7 +24,8 @@ class ModelCard:
     """Everything needed to rebuild, run and judge a model.
 
     ``network`` holds the keyword arguments of MONAI's ``DiffusionModelUNet``;
-    ``scheduler`` holds ``{"name": ..., **kwargs}`` for the training scheduler;
+    ``scheduler`` holds ``{"name": ..., **kwargs}`` for the training scheduler (its
+    ``prediction_type`` says what the network predicts);
     ``spacing`` is the physical pixel/voxel size (mm) the model sees, in napari
     axis order; ``normalisation`` says how intensities map to the model range.
     """
@@ -59,6 +61,11 @@ class ModelCard:
         """Whether the model takes a class label (and so supports guidance)."""
         return bool(self.class_names)
 
+    @property
+    def prediction_type(self) -> str:
+        """What the network predicts: ``epsilon`` (noise), ``sample`` (x0) or ``v_prediction``."""
+        return self.scheduler.get("prediction_type", "epsilon")
+
     def class_index(self, name: str | int | None) -> int | None:
         """Index of a class given by name or index; ``None`` means unconditional."""
         if name is None:
@@ -86,6 +93,8 @@ class ModelCard:
                 raise ModelCardError(f"{key} {getattr(self, key)} does not have {self.spatial_dims} entries")
         if self.scheduler.get("name") not in SCHEDULERS:
             raise ModelCardError(f"scheduler {self.scheduler.get('name')!r} is not one of {SCHEDULERS}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ModelCardError(f"scheduler prediction_type {self.prediction_type!r} is not one of {PREDICTION_TYPES}")
         net = self.network
         expected_in = self.in_channels + self.condition_channels
         if net.get("spatial_dims") != self.spatial_dims or net.get("in_channels") != expected_in:

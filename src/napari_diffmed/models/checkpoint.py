@@ -17,11 +17,21 @@ if TYPE_CHECKING:
 
 @dataclass
 class LoadedModel:
-    """A network ready for inference, with its card and where it came from."""
+    """A network ready for inference, with its card and where it came from.
+
+    ``network`` predicts epsilon, whatever the card's ``prediction_type`` (see
+    :mod:`.prediction`); ``trained`` is the network as trained (the same object for
+    epsilon models), for losses in the card's own terms.
+    """
 
     network: "torch.nn.Module"
     card: ModelCard
     path: Path
+    trained: "torch.nn.Module | None" = None
+
+    def __post_init__(self) -> None:
+        if self.trained is None:
+            self.trained = self.network
 
     @property
     def model_id(self) -> str:
@@ -43,10 +53,14 @@ def build_network(card: ModelCard) -> "torch.nn.Module":
 
 
 def build_scheduler(card: ModelCard, name: str | None = None, **overrides: Any):
-    """A MONAI scheduler configured like the training one (or another of the same noise schedule)."""
+    """A MONAI scheduler configured like the training one (or another of the same noise schedule).
+
+    It steps on epsilon (MONAI's default ``prediction_type``): loaded networks give epsilon
+    whatever they were trained to predict (:class:`~.prediction.EpsilonView`).
+    """
     from monai.networks import schedulers
 
-    kwargs = {k: v for k, v in card.scheduler.items() if k != "name"}
+    kwargs = {k: v for k, v in card.scheduler.items() if k not in ("name", "prediction_type")}
     trained = card.scheduler["name"]
     name = name or trained
     if (name == "RFlowScheduler") != (trained == "RFlowScheduler"):
@@ -130,4 +144,9 @@ def load_model(weights: str | Path, device: "str | torch.device" = "cpu") -> Loa
             )
     network.load_state_dict(state)
     network.to(device).eval()
-    return LoadedModel(network=network, card=card, path=weights)
+    if card.prediction_type == "epsilon":
+        return LoadedModel(network=network, card=card, path=weights)
+    from .prediction import EpsilonView
+
+    view = EpsilonView(network, card.prediction_type, build_scheduler(card).alphas_cumprod, card.out_channels)
+    return LoadedModel(network=view.to(device).eval(), card=card, path=weights, trained=network)

@@ -98,11 +98,13 @@ def train_on_folder(
     spacing: Sequence[float] = (3.0, 3.0), classes: Sequence[str] | None = None, labels_csv: str | Path | None = None,
     channels: Sequence[int] = (32, 64, 64), held_out: float = 0.2, config: TrainConfig | None = None,
     resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = print,
+    init: str | Path | None = None,
 ) -> TrainResult:
     """Train a 2D (``len(image_size) == 2``) or 3D model on the NIfTI files in ``folder``.
 
     Writes ``out/NAME.safetensors`` + ``NAME.json`` at every checkpoint, and a resume
-    state beside them (``NAME.resume.*``). ``resume=True`` continues from it.
+    state beside them (``NAME.resume.*``). ``resume=True`` continues from it; ``init``
+    starts from another model's weights of the same network (fine-tuning).
     """
     config = config or TrainConfig()
     folder, out = Path(folder), Path(out)
@@ -125,9 +127,9 @@ def train_on_folder(
     unit = "slices" if dims == 2 else "volumes"
     card.training = {
         "command": _command(folder, out, name, task, dims, image_size, spacing, classes, labels_csv, channels,
-                            held_out, config),
+                            held_out, config) + (f" --init {shlex.quote(str(init))}" if init is not None else ""),
         "data": f"{len(items)} NIfTI images" + (" with masks" if task == "segmentation" else "") + f" in {folder}"
-                + (f", classes from {labels_csv}" if labels_csv else f", classes from file names" if classes else ""),
+                + (f", classes from {labels_csv}" if labels_csv else ", classes from file names" if classes else ""),
         "data_fingerprint": data_fingerprint(folder, files),
         "held_out": f"subjects {sorted(held)}" if held else "none",
         "train_items": int(len(train_data.images)),
@@ -135,7 +137,7 @@ def train_on_folder(
     }
     log(f"training {name} ({task}, {dims}D {list(image_size)} at {list(spacing)} mm) on {card.training['train_items']} "
         f"{unit}, {card.training['held_out_items']} held out; {config.steps} steps of batch {config.batch_size}")
-    state = train(card, batches, val, config, weights, resume=resume, log=log)
+    state = train(card, batches, val, config, weights, resume=resume, log=log, init=init)
     card = _record_metrics(weights, state)
     log(f"wrote {weights} and {weights.with_suffix('.json').name} (step {state.step}, "
         f"loss {card.metrics['train_loss']:.4f}" + (f", held-out loss {card.metrics['held_out_loss']:.4f})"

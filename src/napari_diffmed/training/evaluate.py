@@ -129,7 +129,7 @@ def held_out_loss(loaded, held, lesion_prob: float, device: str = "cpu") -> floa
     from .loop import validation_loss
 
     batch = next(Batches(held, 32, "image", lesion_prob, seed=1, augment=False))  # drawn with replacement
-    return validation_loss(loaded.network, build_scheduler(loaded.card), loaded.card, batch, device)
+    return validation_loss(loaded.trained, build_scheduler(loaded.card), loaded.card, batch, device)
 
 
 def anomaly_part(loaded, s: EvalSettings, device: str = "cpu") -> dict:

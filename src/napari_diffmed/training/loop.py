@@ -1,4 +1,4 @@
-"""The training loop: epsilon-prediction with MONAI schedulers, AdamW, EMA, resume, validation."""
+"""The training loop: noise, x0 or v prediction (the card's) with MONAI schedulers, AdamW, EMA, resume, validation."""
 
 from __future__ import annotations
 
@@ -97,24 +97,32 @@ def load_resume(out: Path, net, ema, opt) -> tuple[TrainState, dict]:
     return TrainState(**meta["state"]), meta["data_rng"]
 
 
-def diffusion_loss(net, scheduler, x0, cond, labels, generator=None):
-    """Epsilon-prediction MSE at uniformly drawn timesteps (image channels concatenated when ``cond``)."""
+def diffusion_loss(net, scheduler, x0, cond, labels, generator=None, prediction_type: str = "epsilon"):
+    """MSE to the ``prediction_type`` target (noise, x0 or v) at uniformly drawn timesteps (image
+    channels concatenated when ``cond``)."""
     import torch
     import torch.nn.functional as F
+
+    from ..models.prediction import training_target
 
     noise = torch.randn(x0.shape, generator=generator, device=x0.device)
     t = torch.randint(0, scheduler.num_train_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
     noisy = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=t)
     inp = noisy if cond is None else torch.cat([noisy, cond], dim=1)
     pred = net(inp, timesteps=t, class_labels=labels)
-    return F.mse_loss(pred.float(), noise)
+    alpha_bar = scheduler.alphas_cumprod.to(x0.device)[t].view(-1, *([1] * (x0.ndim - 1)))
+    return F.mse_loss(pred.float(), training_target(prediction_type, x0, noise, alpha_bar))
 
 
 def train(
     card: ModelCard, batches: Iterator, val_batch: tuple | None, config: TrainConfig, out: str | Path,
-    resume: bool = False, log: Callable[[str], None] = print,
+    resume: bool = False, log: Callable[[str], None] = print, init: str | Path | None = None,
 ) -> TrainState:
-    """Train ``card``'s network on ``batches``; write EMA weights + card to ``out`` at every checkpoint."""
+    """Train ``card``'s network on ``batches``; write EMA weights + card to ``out`` at every checkpoint.
+
+    ``init`` (a model's ``.safetensors``) starts the network and its EMA from that model's weights
+    (fine-tuning) with a fresh optimiser; a resume state, when resuming, takes precedence.
+    """
     import torch
 
     from ..device import select_device
@@ -134,6 +142,9 @@ def train(
         if hasattr(batches, "rng"):
             batches.rng.bit_generator.state = rng_state
         log(f"resumed {out.name} at step {state.step}")
+    elif init is not None:
+        card.training = {**card.training, "init": warm_start(net, ema, card, init)}
+        log(f"starting from the weights of {card.training['init']['model_id']}")
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     segmentation = card.task == "segmentation"
@@ -153,7 +164,8 @@ def train(
                 drop = torch.rand(labels.shape, device=device) < config.cond_dropout
                 labels[drop] = null
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = diffusion_loss(net, scheduler, x, cond, labels) / config.grad_accum
+                loss = diffusion_loss(net, scheduler, x, cond, labels,
+                                      prediction_type=card.prediction_type) / config.grad_accum
             scaler.scale(loss).backward()
             total += float(loss.detach())
         lr = config.lr * min(1.0, (state.step + 1) / config.warmup)
@@ -186,6 +198,22 @@ def train(
     return state
 
 
+def warm_start(net, ema, card: ModelCard, init: str | Path) -> dict:
+    """Load ``init``'s weights (hash-checked, safetensors) into ``net`` and ``ema``; what to record of it."""
+    from ..models.checkpoint import load_model
+
+    source = load_model(init)
+    for key in ("network", "prediction_type", "task"):
+        if getattr(source.card, key) != getattr(card, key):
+            raise ValueError(f"cannot start from {source.model_id}: its {key} is {getattr(source.card, key)}, "
+                             f"this model's is {getattr(card, key)}")
+    state = source.trained.state_dict()
+    net.load_state_dict(state)
+    ema.load_state_dict(state)
+    return {"model_id": source.model_id, "weights_sha256": source.card.weights_sha256,
+            "steps": source.card.training.get("steps")}
+
+
 def validation_loss(net, scheduler, card: ModelCard, batch: tuple, device, repeats: int = 4) -> float:
     """Mean loss on a fixed held-out batch with fixed noise and timesteps (comparable across steps)."""
     import torch
@@ -197,5 +225,6 @@ def validation_loss(net, scheduler, card: ModelCard, batch: tuple, device, repea
     labels = extra.to(device) if card.conditional else None
     gen = torch.Generator(device=device).manual_seed(1234)
     with torch.inference_mode():
-        losses = [float(diffusion_loss(net, scheduler, x, cond, labels, generator=gen)) for _ in range(repeats)]
+        losses = [float(diffusion_loss(net, scheduler, x, cond, labels, generator=gen,
+                                       prediction_type=card.prediction_type)) for _ in range(repeats)]
     return float(np.mean(losses))

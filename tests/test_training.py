@@ -143,6 +143,25 @@ def test_cli_trains_resumes_and_records_the_card(tmp_path, capsys):
     assert load_model(out / "seg.safetensors").card.training["steps"] == 6
 
 
+def test_cli_x0_model_fine_tunes_from_init_and_the_card_records_both(tmp_path, capsys):
+    from napari_diffmed.models import load_model
+
+    folder = _write_folder(tmp_path / "data")
+    out = tmp_path / "models"
+    base = ("--task", "segmentation", "--prediction", "sample", "--steps", 2)
+    assert _train(out, folder, *base, "--name", "base") == 0
+    assert _train(out, folder, *base, "--name", "tuned", "--init", out / "base.safetensors") == 0
+    assert "starting from the weights of base@" in capsys.readouterr().out
+    tuned = load_model(out / "tuned.safetensors")
+    assert tuned.card.prediction_type == "sample" and tuned.network is not tuned.trained  # sampled as epsilon
+    assert tuned.card.training["init"]["weights_sha256"] == load_model(out / "base.safetensors").card.weights_sha256
+    recorded = build_parser().parse_args(shlex.split(tuned.card.training["command"])[1:])
+    assert (recorded.prediction, recorded.init) == ("sample", out / "base.safetensors")
+    assert _train(out, folder, "--task", "segmentation", "--steps", 2, "--name", "eps",
+                  "--init", out / "base.safetensors") == 2  # an epsilon network cannot start from an x0 one
+    assert "prediction_type is sample" in capsys.readouterr().err
+
+
 def test_cli_conditional_2d_from_names_and_3d_from_csv(tmp_path):
     from napari_diffmed.models.card import ModelCard
 

@@ -6,9 +6,10 @@ import argparse
 from pathlib import Path
 
 from ..device import DEVICE_CHOICES
+from ..models.card import PREDICTION_TYPES
 
 # Options that only make sense with --data; with --recipe the recipe fixes them (so its card's command reproduces it).
-FOLDER_ONLY = ("task", "dims", "image_size", "spacing", "classes", "labels", "name", "channels", "held_out",
+FOLDER_ONLY = ("task", "dims", "image_size", "spacing", "classes", "labels", "name", "channels", "prediction", "held_out",
                "batch_size", "lr", "grad_accum", "checkpoint_every", "seed")
 DEFAULT_SIZE = {2: ([64, 64], [3.0, 3.0]), 3: ([32, 40, 32], [5.0, 5.0, 5.0])}
 
@@ -40,6 +41,8 @@ def add_parser(subparsers) -> None:
     g.add_argument("--labels", type=Path, default=None, help="CSV with columns file,class")
     g.add_argument("--channels", type=int, nargs="+", default=None, metavar="C",
                    help="UNet channels per level (default 32 64 64)")
+    g.add_argument("--prediction", choices=PREDICTION_TYPES, default=None,
+                   help="what the network predicts: the noise (epsilon, default), the clean image (sample) or v")
     g.add_argument("--held-out", type=float, default=None, help="fraction of subjects held out (default 0.2)")
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, default=None, help="optimiser steps (default: recipe's, or 1000)")
@@ -113,7 +116,7 @@ def run_folder(args: argparse.Namespace) -> int:
         args.data, args.out, args.name, task=args.task or "image", image_size=size, spacing=spacing,
         classes=args.classes, labels_csv=args.labels, channels=args.channels or (32, 64, 64),
         held_out=0.2 if args.held_out is None else args.held_out, config=config, resume=args.resume,
-        overwrite=args.overwrite, log=_log(args.quiet), init=args.init,
+        overwrite=args.overwrite, log=_log(args.quiet), init=args.init, prediction_type=args.prediction or "epsilon",
     )
     return 0
 

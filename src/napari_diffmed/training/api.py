@@ -45,7 +45,7 @@ def _rel(folder: Path, path: Path) -> str:
 
 def folder_card(
     name: str, task: str, image_size: Sequence[int], spacing: Sequence[float], channels: Sequence[int],
-    classes: Sequence[str] = (), description: str = "",
+    classes: Sequence[str] = (), description: str = "", prediction_type: str = "epsilon",
 ) -> ModelCard:
     """A card for MONAI's ``DiffusionModelUNet`` with the shipped models' conventions (attention deepest, 2D)."""
     if not NAME_RE.match(name or ""):
@@ -72,7 +72,8 @@ def folder_card(
         network["num_class_embeds"] = len(classes) + 1
     return ModelCard(
         name=name, task=task, spatial_dims=dims, image_size=[int(s) for s in image_size],
-        spacing=[float(s) for s in spacing], network=network, scheduler=dict(SCHEDULER),
+        spacing=[float(s) for s in spacing], network=network,
+        scheduler=dict(SCHEDULER, **({} if prediction_type == "epsilon" else {"prediction_type": prediction_type})),
         condition_channels=1 if task == "segmentation" else 0, class_names=list(classes),
         null_class=len(classes) if classes else None, slice_axis="axial" if dims == 2 else None,
         description=description,
@@ -80,14 +81,15 @@ def folder_card(
 
 
 def _command(folder, out, name, task, dims, image_size, spacing, classes, labels_csv, channels, held_out,
-             config: TrainConfig) -> str:
+             config: TrainConfig, prediction_type: str) -> str:
     parts = ["napari-diffmed", "train", "--data", str(folder), "--task", task, "--dims", str(dims),
              "--image-size", *map(str, image_size), "--spacing", *(f"{s:g}" for s in spacing)]
     if classes and labels_csv is None:
         parts += ["--classes", *classes]
     if labels_csv is not None:
         parts += ["--labels", str(labels_csv)]
-    parts += ["--name", name, "--channels", *map(str, channels), "--held-out", f"{held_out:g}",
+    parts += ["--name", name, "--channels", *map(str, channels), "--prediction", prediction_type,
+              "--held-out", f"{held_out:g}",
               "--steps", str(config.steps), "--batch-size", str(config.batch_size), "--lr", f"{config.lr:g}",
               "--grad-accum", str(config.grad_accum), "--seed", str(config.seed), "--out", str(out)]
     return shlex.join(parts)
@@ -98,20 +100,22 @@ def train_on_folder(
     spacing: Sequence[float] = (3.0, 3.0), classes: Sequence[str] | None = None, labels_csv: str | Path | None = None,
     channels: Sequence[int] = (32, 64, 64), held_out: float = 0.2, config: TrainConfig | None = None,
     resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = print,
-    init: str | Path | None = None,
+    init: str | Path | None = None, prediction_type: str = "epsilon",
 ) -> TrainResult:
     """Train a 2D (``len(image_size) == 2``) or 3D model on the NIfTI files in ``folder``.
 
     Writes ``out/NAME.safetensors`` + ``NAME.json`` at every checkpoint, and a resume
     state beside them (``NAME.resume.*``). ``resume=True`` continues from it; ``init``
-    starts from another model's weights of the same network (fine-tuning).
+    starts from another model's weights of the same network (fine-tuning). ``prediction_type`` is
+    what the network learns to predict: ``epsilon``, ``sample`` (x0) or ``v_prediction``.
     """
     config = config or TrainConfig()
     folder, out = Path(folder), Path(out)
     dims = len(image_size)
     items, classes = scan_folder(folder, task, classes, labels_csv)
     card = folder_card(name, task, image_size, spacing, channels, classes,
-                       description=f"{task} model trained on {len(items)} NIfTI files from {folder.name}/")
+                       description=f"{task} model trained on {len(items)} NIfTI files from {folder.name}/",
+                       prediction_type=prediction_type)
     weights = out / f"{name}.safetensors"
     _check_outputs(weights, card, resume, overwrite, log)
     held = held_out_subjects(items, held_out, config.seed)
@@ -127,7 +131,7 @@ def train_on_folder(
     unit = "slices" if dims == 2 else "volumes"
     card.training = {
         "command": _command(folder, out, name, task, dims, image_size, spacing, classes, labels_csv, channels,
-                            held_out, config) + (f" --init {shlex.quote(str(init))}" if init is not None else ""),
+                            held_out, config, prediction_type) + (f" --init {shlex.quote(str(init))}" if init is not None else ""),
         "data": f"{len(items)} NIfTI images" + (" with masks" if task == "segmentation" else "") + f" in {folder}"
                 + (f", classes from {labels_csv}" if labels_csv else ", classes from file names" if classes else ""),
         "data_fingerprint": data_fingerprint(folder, files),

@@ -53,8 +53,9 @@ def _t1_volume_card() -> ModelCard:
         name="mni_t1_volume_32", task="image", spatial_dims=3, image_size=[32, 40, 32], spacing=[5.0, 5.0, 5.0],
         network=dict(spatial_dims=3, in_channels=1, out_channels=1, channels=[16, 32, 64],
                      attention_levels=[False, False, False], num_res_blocks=1, norm_num_groups=8),
-        scheduler=dict(SCHEDULER), slice_axis=None,
-        description="Whole-brain T1 volumes at 5 mm (32x40x32) for volume synthesis.",
+        scheduler=dict(SCHEDULER, prediction_type="sample"), slice_axis=None,
+        description="Whole-brain T1 volumes at 5 mm (32x40x32) for volume synthesis; the network predicts the "
+                    "clean volume (x0), which learns a brain's layout in far fewer steps than noise prediction.",
     )
 
 
@@ -69,7 +70,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "mni_t1_volume_32": Recipe(
         _t1_volume_card, lambda: template_volume(load_mni152(1), (32, 40, 32), (5.0, 5.0, 5.0)), "image",
-        TrainConfig(steps=1000, batch_size=4, lr=3e-4, checkpoint_every=100, val_every=250),
+        TrainConfig(steps=800, batch_size=4, lr=3e-4, checkpoint_every=100, val_every=250),
     ),
 }
 

@@ -175,6 +175,15 @@ def test_registry_lists_shipped_and_user_models(user_models):
     assert not {"tiny_image", "tiny_seg"} & {e.name for e in list_models(spatial_dims=3)}
 
 
+def test_a_user_model_named_like_an_earlier_one_is_hidden_with_a_warning(user_models, tmp_path, monkeypatch):
+    image, _ = user_models
+    clash = copy_model(image, tmp_path / "third")
+    monkeypatch.setenv("NAPARI_DIFFMED_MODELS", f"{os.environ['NAPARI_DIFFMED_MODELS']}{os.pathsep}{tmp_path / 'third'}")
+    with pytest.warns(UserWarning, match=f"'tiny_image' at {clash} is hidden by the user model of that name at {image}"):
+        assert resolve("tiny_image") == image
+    assert resolve(clash) == clash  # still usable by its path
+
+
 def test_registry_resolves_names_and_paths(user_models, tmp_path):
     image, seg = user_models
     assert resolve("tiny_seg") == seg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -35,7 +36,11 @@ def model_dirs() -> list[tuple[Path, str]]:
 
 
 def list_models(task: str | None = None, spatial_dims: int | None = None) -> list[ModelEntry]:
-    """Every readable model card with weights beside it; broken cards are skipped, not fatal."""
+    """Every readable model card with weights beside it; broken cards are skipped, not fatal.
+
+    Names are unique: the first folder of :func:`model_dirs` wins (shipped, then the user's in order),
+    and a model hidden by an earlier one of the same name is named in a warning.
+    """
     entries: dict[str, ModelEntry] = {}
     for folder, source in model_dirs():
         if not folder.is_dir():
@@ -49,7 +54,11 @@ def list_models(task: str | None = None, spatial_dims: int | None = None) -> lis
             except ModelCardError:
                 continue
             if (task is None or card.task == task) and (spatial_dims is None or card.spatial_dims == spatial_dims):
-                entries.setdefault(card.name, ModelEntry(card.name, weights, card, source))
+                first = entries.setdefault(card.name, ModelEntry(card.name, weights, card, source))
+                if first.path != weights:
+                    warnings.warn(f"model {card.name!r} at {weights} is hidden by the {first.source} model of that "
+                                  f"name at {first.path}; rename it, or give its path instead of its name",
+                                  stacklevel=2)
     return list(entries.values())
 
 

@@ -2,7 +2,8 @@
 
 The slabs that ``training.templates.held_out_slices`` keeps out of training (on the 1 mm template's
 axial slices) and that contain brain are segmented one slab per run, on the 1 mm template and on the
-2 mm template (the same slabs, found by their world z, on a grid the model never saw). The reference
+2 mm template (the same slabs, found by their world z, on a grid the model never saw; saved as LAS
+NIfTI files and opened with the plugin's reader, which puts them back in RAS order). The reference
 is the template's white-matter probability map: > 0.5 for Dice, HD95, GED and the uncertainty AUROC,
 the map itself for calibration. Every score is counted on the slab's slices inside the brain mask
 (``anomaly.foreground_mask``): consensus (majority vote) Dice and HD95, the mean Dice of single
@@ -16,14 +17,20 @@ the votes (fraction of member masks) against the probability map.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import tempfile
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from napari_diffmed.anomaly import foreground_mask
 from napari_diffmed.ensemble import DEFAULTS, segment_ensemble
 from napari_diffmed.evaluation.segmentation import dice, multi_otsu_wm, segmentation_scores
+from napari_diffmed.io import read_nifti
+from napari_diffmed.training.evaluate import write_card_metrics
 from napari_diffmed.training.templates import held_out_slices, load_mni152
 
 COLUMNS = ("dice", "member_dice", "otsu_dice", "hd95", "ged", "uncertainty_auroc", "ece", "ece_votes", "seconds")
@@ -48,8 +55,30 @@ def slabs(resolution: int) -> list[np.ndarray]:
     return [run for run in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1) if len(run)]
 
 
+def las_file_template(folder: Path) -> SimpleNamespace:
+    """The 2 mm T1 and white-matter maps saved as LAS NIfTI files and opened by the plugin's reader,
+    so that the scores also cover reading a scan that is not stored in RAS order."""
+    import nibabel as nib
+    from nilearn import datasets
+
+    arrays = {}
+    for key, img in (("t1", datasets.load_mni152_template(resolution=2)),
+                     ("wm", datasets.load_mni152_wm_template(resolution=2))):
+        ornt = nib.orientations.ornt_transform(nib.io_orientation(img.affine), nib.orientations.axcodes2ornt("LAS"))
+        las = img.as_reoriented(ornt)
+        assert nib.aff2axcodes(las.affine) == ("L", "A", "S")
+        nib.save(las, str(folder / f"{key}_las.nii.gz"))
+        arrays[key], kwargs, _ = read_nifti(folder / f"{key}_las.nii.gz")
+    return SimpleNamespace(t1=arrays["t1"], wm=np.clip(arrays["wm"], 0, 1),
+                           spacing=tuple(float(v) for v in kwargs["metadata"]["spacing"]))
+
+
 def evaluate(resolution: int, slab: np.ndarray, model, members: int, steps: int, seed: int) -> dict:
-    template = load_mni152(resolution)
+    if resolution == 2:
+        with tempfile.TemporaryDirectory() as folder:
+            template = las_file_template(Path(folder))
+    else:
+        template = load_mni152(resolution)
     brain = foreground_mask(template.t1)
     region = np.zeros(brain.shape, dtype=bool)
     region[slab] = True
@@ -77,6 +106,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resolutions", type=int, nargs="+", default=[1, 2], choices=(1, 2))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--write", action="store_true", help="write the figures into the model's card")
     args = parser.parse_args(argv)
     rows = []
     for resolution in args.resolutions:
@@ -101,7 +131,31 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2, default=float)
+    if args.write:
+        print(f"wrote {write_card_metrics(args.model or 'mni_wm_seg_96', card_metrics(rows, args))}")
     return 0
+
+
+def card_metrics(rows: list[dict], args) -> dict:
+    """The card's ``segmentation`` and ``evaluation`` sections from the rows of one step count."""
+    from napari_diffmed.models import get_model
+
+    names = {"hd95": "hd95_mm"}
+    keep = [c for c in COLUMNS if c != "seconds"]
+    rows = [r for r in rows if r["steps"] == args.steps[0]]
+    slabs = {f"{r['template']}{' LAS file' if r['template'] == '2 mm' else ''} {r['slices']}":
+             {names.get(c, c): round(float(r[c]), 3) for c in keep} for r in rows}
+    mean = {names.get(c, c): round(float(np.nanmean([r[c] for r in rows])), 3) for c in keep}
+    loaded = get_model(args.model or "mni_wm_seg_96", task="segmentation")
+    return {
+        "segmentation": {"reference": "MNI152 white-matter probability map > 0.5 (ECE against the map itself)",
+                         "members": args.members, "steps": args.steps[0], "scheduler": "ddim", "seed": args.seed,
+                         "slabs": slabs, "mean": mean},
+        "held_out_loss": loaded.card.training.get("held_out_loss"),  # the training loop's, in its own target's units
+        "evaluation": {"model_id": loaded.model_id, "weights_sha256": loaded.card.weights_sha256,
+                       "command": "python benchmarks/eval_segmentation.py --write",
+                       "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")},
+    }
 
 
 if __name__ == "__main__":

@@ -79,8 +79,32 @@ def test_progress_counts_planned_calls_and_previews_on_input_grid(tiny_image_mod
     total = planned_calls(card, small_volume.image.shape[0], AnomalySettings(method="ddim", batch_size=4, **FAST))
     assert [e.done for e in events] == list(range(1, total + 1))
     assert all(e.total == total for e in events)
-    assert {e.message for e in events} == {"inverting", "denoising"}
+    assert {e.message for e in events} == {"inverting", "denoising", "decoding without guidance"}
     assert events[-1].preview.shape == small_volume.image.shape
+
+
+def test_unguided_comparison_decodes_twice_with_the_same_noise(tiny_image_model, small_volume, monkeypatch):
+    """compare='unguided': the map is |healthy - unguided| of two decodings of one noised scan, which are
+    equal (a zero map) when the guidance has nothing to pull; compare='scan' is |healthy - scan|."""
+    from napari_diffmed.models import get_model
+
+    scan, spacing = small_volume.image, small_volume.spacing
+    card = get_model(tiny_image_model).card
+    run = lambda **kw: anomaly_map(scan, spacing, model=tiny_image_model, method="gaussian", seed=3, **FAST, **kw)  # noqa: E731
+    paired, plain = run(), run(compare="scan")
+    assert paired.provenance["compared_with"] == "unguided decoding" and plain.provenance["compared_with"] == "scan"
+    np.testing.assert_array_equal(paired.reconstruction, plain.reconstruction)  # the same healthy decoding
+    assert not np.allclose(paired.heatmap, plain.heatmap)
+    per_batch = lambda **kw: planned_calls(card, scan.shape[0], AnomalySettings(method="gaussian", **FAST, **kw))  # noqa: E731
+    assert per_batch() == 2 * per_batch(compare="scan")
+    assert run(guidance=0.0).provenance["compared_with"] == "scan"  # no pull towards healthy to contrast
+
+    import napari_diffmed.anomaly as anomaly  # identical classes: the two decodings are the same, the map 0
+    from napari_diffmed.sampling import Conditioning
+
+    monkeypatch.setattr(anomaly, "_conditioning", lambda card, cfg, n, device: 2 * (Conditioning(
+        labels=torch.full((n,), card.null_class), null_class=card.null_class, guidance_scale=0.0),))
+    assert run().heatmap.max() == 0
 
 
 def test_rethresholding_makes_no_model_call(tiny_image_model, small_volume):
@@ -100,7 +124,10 @@ def test_rethresholding_makes_no_model_call(tiny_image_model, small_volume):
 
 
 def test_ddim_inversion_then_decoding_returns_the_scan(tiny_image_model):
-    """Unguided decoding retraces the inversion (partial noising does not): the inversion goes the right way."""
+    """Unguided decoding retraces the inversion (partial noising does not): the inversion goes the right way.
+
+    DDIM inversion is exact only in the limit of small steps (it uses the noise estimated at t for the step
+    from t up): with 100 steps the round trip stays far closer to the scan than the inverted latent is."""
     from napari_diffmed.models import get_model
     from napari_diffmed.sampling import Conditioning, iter_denoise, make_scheduler, run
 
@@ -113,7 +140,7 @@ def test_ddim_inversion_then_decoding_returns_the_scan(tiny_image_model):
     assert len(steps) == sum(1 for t in sched.timesteps if int(t) < inversion_start(sched, 150))
     back = run(iter_denoise(loaded.network, sched, xt, cond=cond, start_timestep=inversion_start(sched, 150)))
     assert (xt - x0).abs().mean() > 0.02
-    assert (back - x0).abs().mean() < 1e-3
+    assert (back - x0).abs().mean() < min(0.01, 0.2 * (xt - x0).abs().mean())
 
 
 def test_foreground_mask_finds_the_brain(small_volume):

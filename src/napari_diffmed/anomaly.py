@@ -10,9 +10,14 @@ with classifier-free guidance on class-conditional models):
   guided decoding (Sanchez et al. 2022). Inversion is deterministic, so with several
   reconstructions the decoding is stochastic (eta=1) to make them differ.
 
-The heatmap is |scan - reconstruction| / 2 in model units (1 = the card's whole normalisation
-range), computed on the model grid, smoothed inside the brain mask, averaged over the
-reconstructions (their variance comes with it) and mapped back onto the scan's grid.
+The heatmap is |reference - reconstruction| / 2 in model units (1 = the card's whole
+normalisation range), computed on the model grid, smoothed inside the brain mask, averaged over
+the reconstructions (their variance comes with it) and mapped back onto the scan's grid. With
+``compare="unguided"`` (the default for class-conditional models) the reference is a second
+decoding of the same noised or inverted scan, with the same noise, but without the pull towards
+"healthy": the two decodings share the model's reconstruction errors, so their difference keeps
+only what the class guidance changes, the anomaly. With ``compare="scan"`` (and always for
+unconditional models or guidance 0, which have no pull to contrast) the reference is the scan.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
     from .sampling import Conditioning, Step
 
 METHODS = ("gaussian", "simplex", "ddim")
+COMPARES = ("unguided", "scan")
 SIMPLEX = {"octaves": 6, "persistence": 0.8, "period": 16.0}  # AnoDDPM's, scaled from 256 to 64 px images
 THRESHOLD_PERCENTILE = 98.0
 LIMITS = {"level": (1, 999), "depth": (1, 999), "guidance": (0.0, 20.0), "reconstructions": (1, 32),
@@ -49,14 +55,17 @@ class AnomalySettings:
 
     ``level`` (gaussian, simplex) and ``depth`` (ddim) are timesteps out of the card's 1000;
     ``steps`` is the number of DDIM steps over the whole schedule, so a run takes about
-    ``steps * level / 1000`` network calls (twice that for ddim); ``smoothing`` is the heatmap's
-    Gaussian sigma in mm; ``batch_size`` counts model inputs per network call.
+    ``steps * level / 1000`` network calls (twice that for ddim, and another ``steps * level / 1000``
+    to compare with the unguided decoding); ``compare`` is what the reconstruction is compared
+    with (see the module's docstring); ``smoothing`` is the heatmap's Gaussian sigma in mm;
+    ``batch_size`` counts model inputs per network call.
     """
 
     method: str = "ddim"
     level: int = 300
     depth: int = 300
     guidance: float = 3.0
+    compare: str = "unguided"
     reconstructions: int = 1
     steps: int = 50
     smoothing: float = 3.0
@@ -67,6 +76,8 @@ class AnomalySettings:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
+        if self.compare not in COMPARES:
+            raise ValueError(f"unknown compare {self.compare!r}; choose one of {list(COMPARES)}")
         for name, (low, high) in LIMITS.items():
             value = getattr(self, name)
             whole = isinstance(low, int)
@@ -78,6 +89,10 @@ class AnomalySettings:
     @property
     def eta(self) -> float:
         return 1.0 if self.method == "ddim" and self.reconstructions > 1 else 0.0
+
+    def paired(self, card) -> bool:
+        """Whether the heatmap compares with an unguided decoding (there must be a pull to contrast)."""
+        return self.compare == "unguided" and card.conditional and self.guidance != 0
 
 
 DEFAULTS = AnomalySettings()
@@ -172,18 +187,19 @@ def iter_invert(
     return x
 
 
-def _calls_per_batch(sched, cfg: AnomalySettings) -> tuple[int, int]:
-    """(inversion calls, all network calls) for one batch of inputs."""
+def _calls_per_batch(sched, cfg: AnomalySettings, card) -> tuple[int, int, int]:
+    """(inversion calls, calls of one decoding, all network calls) for one batch of inputs."""
     t_start = inversion_start(sched, cfg.depth if cfg.method == "ddim" else cfg.level)
     n_inv = sum(1 for t in sched.timesteps if int(t) < t_start) if cfg.method == "ddim" else 0
-    return n_inv, n_inv + sum(1 for t in sched.timesteps if int(t) <= t_start)
+    n_dec = sum(1 for t in sched.timesteps if int(t) <= t_start)
+    return n_inv, n_dec, n_inv + n_dec * (2 if cfg.paired(card) else 1)
 
 
 def planned_calls(card, n_inputs: int, cfg: AnomalySettings = DEFAULTS) -> int:
     """How many network calls a run over ``n_inputs`` model inputs (slices) makes: its progress total."""
     from .sampling import make_scheduler
 
-    per_batch = _calls_per_batch(make_scheduler(card, "ddim", cfg.steps), cfg)[1]
+    per_batch = _calls_per_batch(make_scheduler(card, "ddim", cfg.steps), cfg, card)[2]
     return per_batch * math.ceil(n_inputs / max(1, cfg.batch_size // cfg.reconstructions))
 
 
@@ -210,7 +226,10 @@ def _conditioning(card, cfg: AnomalySettings, n: int, device) -> tuple["Conditio
 
 
 def _reconstruct(net, sched, x0, noise, cfg: AnomalySettings, card, t_start: int, gen):
-    """Yield Steps (inversion, then decoding) for inputs ``x0`` (m, C, ...); return (k*m, C, ...) reconstructions."""
+    """Yield Steps (inversion, decoding, unguided decoding when paired) for inputs ``x0`` (m, C, ...);
+    return the (k*m, C, ...) reconstructions towards healthy, and the unguided ones (or None)."""
+    import torch
+
     from .sampling import alpha_bar, iter_denoise
 
     k, m = cfg.reconstructions, len(x0)
@@ -222,7 +241,15 @@ def _reconstruct(net, sched, x0, noise, cfg: AnomalySettings, card, t_start: int
     else:
         a = alpha_bar(sched, t_start).to(x0.device, x0.dtype)
         xt = (a.sqrt() * x0[None] + (1 - a).sqrt() * noise).flatten(0, 1)
-    return (yield from iter_denoise(net, sched, xt, cond=healthy, start_timestep=t_start, generator=gen, eta=cfg.eta))
+    twin = None
+    if cfg.paired(card):  # the unguided decoding draws the same noise as the guided one
+        twin = torch.Generator(device=gen.device)
+        twin.set_state(gen.get_state())
+    out = yield from iter_denoise(net, sched, xt, cond=healthy, start_timestep=t_start, generator=gen, eta=cfg.eta)
+    if twin is None:
+        return out, None
+    return out, (yield from iter_denoise(net, sched, xt, cond=uncond, start_timestep=t_start, generator=twin,
+                                         eta=cfg.eta))
 
 
 def iter_anomaly_map(
@@ -269,10 +296,12 @@ def iter_anomaly_map(
         noise = simplex_noise(shape, card.spatial_dims, generator=gen, device=dev, **SIMPLEX)
     else:
         noise = torch.randn(shape, generator=gen, device=gen.device).to(dev)
-    n_inv, per_batch = _calls_per_batch(sched, cfg)
+    n_inv, n_dec, per_batch = _calls_per_batch(sched, cfg, card)
     starts = range(0, n, max(1, cfg.batch_size // k))
     total, done, last_preview, clock = per_batch * len(starts), 0, time.perf_counter(), time.perf_counter()
     recon = x0[None].repeat(k, *[1] * x0.ndim)
+    plain = recon.clone() if cfg.paired(card) else None
+    phases = ("inverting",) * n_inv + ("denoising",) * n_dec + ("decoding without guidance",) * n_dec
     for s in starts:
         part = slice(s, min(n, s + starts.step))
         m = part.stop - part.start
@@ -281,18 +310,24 @@ def iter_anomaly_map(
             try:
                 step = next(run)
             except StopIteration as stop:
-                recon[:, part] = stop.value.reshape(k, m, *stop.value.shape[1:])
+                healthy, unguided = stop.value
+                recon[:, part] = healthy.reshape(k, m, *healthy.shape[1:])
+                if unguided is not None:
+                    plain[:, part] = unguided.reshape(k, m, *unguided.shape[1:])
                 break
-            recon[:, part] = step.x0.reshape(-1, m, *step.x0.shape[1:])
+            if j < n_inv + n_dec:  # the preview shows the scan on its way to healthy
+                recon[:, part] = step.x0.reshape(-1, m, *step.x0.shape[1:])
             done += 1
             preview = None
             if preview_interval is not None and time.perf_counter() - last_preview >= preview_interval:
                 last_preview = time.perf_counter()
                 preview = _on_input(prepared, prepared.normaliser.inverse(_mean(recon)), image, fill=image)
-            yield Progress(done, total, preview, "inverting" if j < n_inv else "denoising")
+            yield Progress(done, total, preview, phases[j])
     record = {"start_timestep": t_start, "network_calls_per_batch": per_batch, "seed": seed,
+              "compared_with": "unguided decoding" if plain is not None else "scan",
               "seconds": round(time.perf_counter() - clock, 3)}
-    return _finish(image, prepared, brain, recon[:, :, 0].float().cpu().numpy(), loaded, cfg, record)
+    reference = prepared.data[None] if plain is None else plain[:, :, 0].float().cpu().numpy()
+    return _finish(image, prepared, brain, recon[:, :, 0].float().cpu().numpy(), reference, loaded, cfg, record)
 
 
 def _mean(recon: "torch.Tensor") -> np.ndarray:
@@ -323,12 +358,13 @@ def _smooth_inside(d: np.ndarray, mask: np.ndarray, sigma: Sequence[float]) -> n
     return (num / np.maximum(den, 1e-3) * mask).astype(np.float32)
 
 
-def _finish(image, prepared, brain, recon: np.ndarray, loaded, cfg: AnomalySettings, record) -> AnomalyResult:
+def _finish(image, prepared, brain, recon: np.ndarray, reference: np.ndarray, loaded, cfg: AnomalySettings,
+            record) -> AnomalyResult:
     from .provenance import provenance
 
     card = loaded.card
     brain = brain & (_on_input(prepared, np.ones(prepared.data.shape, np.float32), image, 0.0) > 0.5)  # analysed
-    heats = _smooth_inside(np.abs(recon - prepared.data[None]) / 2, _model_mask(prepared, brain),
+    heats = _smooth_inside(np.abs(recon - reference) / 2, _model_mask(prepared, brain),
                            [cfg.smoothing / s for s in card.spacing])
     heatmap = _on_input(prepared, heats.mean(0), image, 0.0) * brain
     variance = _on_input(prepared, heats.var(0), image, 0.0) * brain if len(heats) > 1 else None
@@ -340,7 +376,8 @@ def _finish(image, prepared, brain, recon: np.ndarray, loaded, cfg: AnomalySetti
         simplex=SIMPLEX if cfg.method == "simplex" else None, axis=prepared.axis,
         slices=[int(i) for i in prepared.indices], threshold=threshold,
         threshold_rule=f"{THRESHOLD_PERCENTILE:g}th percentile of the heatmap inside the brain mask",
-        heatmap_units="|scan - reconstruction| as a fraction of the intensity normalisation range",
+        heatmap_units=f"|{record['compared_with']} - reconstruction| "
+                      "as a fraction of the intensity normalisation range",
     )
     return AnomalyResult(heatmap.astype(np.float32), pseudo.astype(np.float32),
                          None if variance is None else variance.astype(np.float32), brain, threshold, prov)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSlider, FloatSpinBox, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import (
+    ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, SpinBox,
+)
 from napari.utils.notifications import show_error
 
-from ..anomaly import DEFAULTS, LIMITS, METHODS, AnomalyResult, parse_slices
+from ..anomaly import COMPARES, DEFAULTS, LIMITS, METHODS, AnomalyResult, parse_slices
+from ..device import DEVICE_CHOICES
 from .jobs import JobRunner
 from .layers import PreviewLayer
 
@@ -27,6 +31,7 @@ class AnomalyWidget(Container):
         self.viewer = viewer
         self.image = ComboBox(label="image", choices=self._layers("image"))
         self.model = ComboBox(label="model", choices=self._models())
+        self.model_file = FileEdit(label="or model file", mode="r", filter="*.safetensors", nullable=True)
         self.method = ComboBox(label="method", choices=list(METHODS), value=DEFAULTS.method)
         self.level = SpinBox(label="noise level", min=LIMITS["level"][0], max=LIMITS["level"][1], value=DEFAULTS.level,
                              tooltip="noising timestep of 1000 (gaussian, simplex)")
@@ -34,6 +39,9 @@ class AnomalyWidget(Container):
                              value=DEFAULTS.depth, tooltip="DDIM inversion timestep of 1000 (ddim)")
         self.guidance = FloatSpinBox(label="guidance", min=0.0, max=LIMITS["guidance"][1], step=0.5,
                                      value=DEFAULTS.guidance, tooltip="classifier-free guidance towards 'healthy'")
+        self.compare = ComboBox(label="compare with", choices=list(COMPARES), value=DEFAULTS.compare,
+                                tooltip="unguided: the same decoding without the pull towards 'healthy' (cancels "
+                                        "the model's own reconstruction errors); scan: the scan itself")
         self.reconstructions = SpinBox(label="reconstructions", min=1, max=LIMITS["reconstructions"][1],
                                        value=DEFAULTS.reconstructions)
         self.steps = SpinBox(label="DDIM steps", min=1, max=1000, value=DEFAULTS.steps)
@@ -42,21 +50,24 @@ class AnomalyWidget(Container):
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=DEFAULTS.seed or 0)
         self.slices = LineEdit(label="slices", value="", tooltip="e.g. 40:52 or 3,5,7; empty = all slices")
         self.reference = ComboBox(label="reference lesions", choices=self._layers("labels"), nullable=True, value=None)
+        self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
         self.run_button, self.cancel_button = PushButton(text="Run"), PushButton(text="Cancel")
+        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(value="")
         self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.001, value=0.0, enabled=False)
         self.metrics = Label(value="")
-        self.extend([self.image, self.model, self.method, self.level, self.depth, self.guidance, self.reconstructions,
-                     self.steps, self.smoothing, self.seed, self.slices, self.reference,
+        self.extend([self.image, self.model, self.model_file, self.method, self.level, self.depth, self.guidance,
+                     self.compare, self.reconstructions, self.steps, self.smoothing, self.seed, self.slices,
+                     self.reference, self.device,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
-                     self.status, self.threshold, self.metrics])
-        self.runner = JobRunner(self.run_button, self.cancel_button, self.status)
+                     self.progress, self.status, self.threshold, self.metrics])
+        self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
         self.result: AnomalyResult | None = None
         self.result_layers: dict[str, Any] = {}
         self.preview = PreviewLayer(viewer)
         self._scores: dict[str, float] | None = None
         self._reference: np.ndarray | None = None
-        self.run_button.changed.connect(self._run)
+        self.run_button.changed.connect(self.run)
         self.threshold.changed.connect(self._rethreshold)
         self.method.changed.connect(self._show_level)
         viewer.layers.events.inserted.connect(self.reset_choices)
@@ -81,34 +92,41 @@ class AnomalyWidget(Container):
         self.level.visible = self.method.value != "ddim"
         self.depth.visible = self.method.value == "ddim"
 
+    def model_source(self) -> str | None:
+        path = self.model_file.value
+        return str(path) if path not in (None, Path("."), Path("")) else self.model.value
+
     def settings(self) -> dict[str, Any]:
         """The widget's values as :class:`AnomalySettings` fields."""
         chosen = {"depth": self.depth.value} if self.method.value == "ddim" else {"level": self.level.value}
-        return dict(method=self.method.value, guidance=float(self.guidance.value), steps=self.steps.value,
+        return dict(method=self.method.value, guidance=float(self.guidance.value), compare=self.compare.value,
+                    steps=self.steps.value,
                     reconstructions=self.reconstructions.value, smoothing=float(self.smoothing.value),
-                    seed=self.seed.value, **chosen)
+                    seed=self.seed.value, device=self.device.value, **chosen)
 
-    def _run(self, *_: Any) -> None:
+    def run(self, *_: Any):
+        """Copy the scan and start the anomaly map; returns the worker (None on bad input)."""
         from ..anomaly import iter_anomaly_map, planned_calls
-        from ..models import list_models
+        from ..models import load_for_task
 
-        layer, model = self.image.value, self.model.value
+        layer, model = self.image.value, self.model_source()
         try:
             if layer is None or model is None:
                 raise ValueError("choose an image layer and a model (set NAPARI_DIFFMED_MODELS for your own models)")
+            card = load_for_task(model, "image", "cpu", "an anomaly map").card
             if layer.rgb or layer.multiscale or layer.ndim not in (2, 3):
                 raise ValueError(f"layer {layer.name!r} must be a single-channel 2D image or 3D volume")
             data = np.array(layer.data, dtype=np.float32)  # a copy: the layer is never touched
             spacing = tuple(layer.metadata.get("spacing", layer.scale))
             indices, settings = parse_slices(self.slices.value), self.settings()
             replace(DEFAULTS, **settings)  # checks the values
-        except ValueError as err:
-            show_error(str(err))
-            return
+        except (ValueError, OSError) as err:
+            show_error(f"Anomaly map: {err}")
+            self.status.value = f"failed: {err}"
+            return None
         source, reference = layer, self.reference.value
         self._reference = None if reference is None else np.asarray(reference.data) > 0
         self._scores = None
-        card = next(e.card for e in list_models(task="image") if e.name == model)
         n = 1 if card.spatial_dims == 3 or data.ndim == 2 else len(set(indices or range(data.shape[0])))
         job = lambda: iter_anomaly_map(data, spacing, indices=indices, model=model,  # noqa: E731
                                        preview_interval=0.5, **settings)
@@ -120,6 +138,7 @@ class AnomalyWidget(Container):
                                    description="anomaly map")
         if worker is not None:
             worker.finished.connect(self.preview.remove)
+        return worker
 
     def _kwargs(self, source) -> dict[str, Any]:
         kw = {name: getattr(source, name) for name in GEOMETRY}
@@ -128,6 +147,8 @@ class AnomalyWidget(Container):
     def _show(self, result: AnomalyResult, source, reference: np.ndarray | None) -> None:
         self.preview.remove()
         self.result, kw, name = result, self._kwargs(source), source.name
+        kw["metadata"] = {**{k: v for k, v in kw["metadata"].items() if k != "provenance"},
+                          "provenance": result.provenance}
         inside = result.heatmap[result.brain_mask]
         low, high = (np.percentile(inside, [50, 99.5]) if inside.size else (0.0, 1.0))
         self.result_layers = {

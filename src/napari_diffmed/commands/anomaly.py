@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..anomaly import DEFAULTS, METHODS, parse_slices
+from ..anomaly import COMPARES, DEFAULTS, METHODS, parse_slices
 from .common import add_common, file_runner, printer, write_sidecar
 
 
@@ -23,6 +23,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--level", type=int, default=DEFAULTS.level, help="noising timestep of 1000 for gaussian/simplex")
     p.add_argument("--depth", type=int, default=DEFAULTS.depth, help="DDIM inversion timestep of 1000 for ddim")
     p.add_argument("--guidance", type=float, default=DEFAULTS.guidance, help="classifier-free guidance towards healthy")
+    p.add_argument("--compare", choices=COMPARES, default=DEFAULTS.compare,
+                   help="what the healthy reconstruction is compared with: the same decoding without guidance "
+                        f"(cancels the model's own reconstruction errors) or the scan (default {DEFAULTS.compare})")
     p.add_argument("--reconstructions", type=int, default=DEFAULTS.reconstructions,
                    help="average the heatmap over this many reconstructions (and write their variance)")
     p.add_argument("--steps", type=int, default=DEFAULTS.steps, help="DDIM steps over the whole schedule")
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     existing = [str(p) for p in [*paths.values(), sidecar] if p.exists()]
     if existing and not args.overwrite:
         raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite to replace them")
-    settings = dict(method=args.method, guidance=args.guidance, reconstructions=k, steps=args.steps,
+    settings = dict(method=args.method, guidance=args.guidance, compare=args.compare, reconstructions=k, steps=args.steps,
                     smoothing=args.smoothing, seed=args.seed, device=args.device,
                     **({"depth": args.depth} if args.method == "ddim" else {"level": args.level}))
     indices = parse_slices(args.slices)

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-SECTIONS = ("evaluation", "synthesis", "held_out_loss", "anomaly", "inpainting", "volume")
+SECTIONS = ("evaluation", "synthesis", "held_out_loss", "anomaly", "inpainting", "volume", "segmentation")
 PARTS_2D = ("synthesis", "loss", "anomaly", "inpainting")
 BRAIN_LEVEL = 0.15  # intensity on [0, 1] above which a voxel counts as brain (as the training data's filter)
 

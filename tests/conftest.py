@@ -65,3 +65,16 @@ def small_volume():
     from napari_diffmed.sample_data import make_phantom
 
     return make_phantom(shape=(6, 32, 32), spacing=(3.0, 2.0, 2.0), seed=0)
+
+
+@pytest.fixture
+def run_widget(qtbot):
+    """Press a widget's Run (its ``run()``) and wait until its job has finished; returns the worker."""
+
+    def run(widget, timeout: int = 60_000):
+        worker = widget.run()
+        assert worker is not None, f"{type(widget).__name__} refused to run: {widget.status.value}"
+        qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=timeout)
+        return worker
+
+    return run

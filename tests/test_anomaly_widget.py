@@ -27,12 +27,6 @@ def setup(make_napari_viewer, tiny_image_model, small_volume):
     return viewer, widget, scan, lesion
 
 
-def _run(qtbot, widget, timeout=60_000):
-    worker = widget.run()
-    assert worker is not None
-    qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=timeout)
-
-
 def test_opens_with_the_shared_defaults(make_napari_viewer):
     from napari_diffmed._qt.anomaly import AnomalyWidget
 
@@ -46,13 +40,13 @@ def test_opens_with_the_shared_defaults(make_napari_viewer):
     assert not hidden(widget.level) and hidden(widget.depth)
 
 
-def test_overlay_rethreshold_and_scores(setup, qtbot, tiny_image_model):
+def test_overlay_rethreshold_and_scores(run_widget, setup, qtbot, tiny_image_model):
     from napari_diffmed.models import get_model
 
     viewer, widget, scan, lesion = setup
     widget.reference.value = lesion
     original = scan.data.copy()
-    _run(qtbot, widget)
+    run_widget(widget)
     names = [layer.name for layer in viewer.layers]
     assert names == ["scan", "lesion", "scan pseudo-healthy", "scan anomaly heatmap", "scan anomaly mask"]
     heat, mask = viewer.layers["scan anomaly heatmap"], viewer.layers["scan anomaly mask"]

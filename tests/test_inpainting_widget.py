@@ -34,12 +34,6 @@ def _paint(labels, points, size=3):
         labels.paint(point, 1)  # what the brush does under the mouse
 
 
-def _run(qtbot, widget, timeout=60_000):
-    worker = widget.run()
-    assert worker is not None
-    qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=timeout)
-
-
 def test_opens_with_the_shared_defaults(make_napari_viewer):
     from napari_diffmed._qt.inpainting import InpaintingWidget
 
@@ -55,7 +49,7 @@ def test_opens_with_the_shared_defaults(make_napari_viewer):
     assert f"{count_network_calls(repaint_schedule(MODES['quality']))} network calls" in widget.calls.value
 
 
-def test_painted_labels_give_proposals_mean_variance_and_accept(setup, qtbot):
+def test_painted_labels_give_proposals_mean_variance_and_accept(run_widget, setup, qtbot):
     viewer, widget, scan, labels = setup
     _paint(labels, [(2, 10, 10), (2, 11, 12), (3, 12, 13)])
     painted = labels.data > 0
@@ -64,7 +58,7 @@ def test_painted_labels_give_proposals_mean_variance_and_accept(setup, qtbot):
     assert widget.class_name.value == "healthy"
     widget.steps.value, widget.jump_length.value, widget.resamplings.value = 4, 2, 2
     widget.proposals.value = 2
-    _run(qtbot, widget)
+    run_widget(widget)
     names = [layer.name for layer in viewer.layers]
     assert names == ["scan", "painted", "scan inpaint proposals", "scan inpaint mean", "scan inpaint variance"]
     proposals = viewer.layers["scan inpaint proposals"]
@@ -87,7 +81,7 @@ def test_painted_labels_give_proposals_mean_variance_and_accept(setup, qtbot):
     assert np.array_equal(scan.data, original)
 
 
-def test_shapes_mask_and_current_slice(setup, qtbot):
+def test_shapes_mask_and_current_slice(run_widget, setup, qtbot):
     viewer, widget, scan, labels = setup
     z = scan.translate[0] + scan.scale[0]  # slice 1, in world coordinates (mm)
     world = np.array([[z, -10.0, -6.0], [z, -10.0, 4.0], [z, 0.0, 4.0], [z, 0.0, -6.0]])
@@ -97,7 +91,7 @@ def test_shapes_mask_and_current_slice(setup, qtbot):
     widget.steps.value, widget.jump_length.value, widget.resamplings.value = 4, 2, 1
     widget.region.value = "current slice"
     viewer.dims.set_point(0, z)
-    _run(qtbot, widget)
+    run_widget(widget)
     prov = viewer.layers["scan inpaint mean"].metadata["provenance"]
     assert prov["slices"] == [1] and prov["network_calls"] == 4
     changed = np.any(viewer.layers["scan inpaint proposals"].data != scan.data, axis=0)
@@ -121,14 +115,14 @@ def test_cancel_within_a_step_adds_nothing(setup, qtbot):
     assert [layer.name for layer in viewer.layers] == ["scan", "painted"]
 
 
-def test_mask_on_another_grid_and_bad_masks(setup, qtbot, make_napari_viewer):
+def test_mask_on_another_grid_and_bad_masks(run_widget, setup, qtbot, make_napari_viewer):
     viewer, widget, scan, labels = setup
     fine = np.zeros((6, 48, 48), np.uint8)
     fine[2, 20:28, 20:28] = 1  # 1 mm in-plane: resampled onto the 2 mm scan with a notice
     viewer.add_labels(fine, name="fine", scale=(3.0, 1.0, 1.0), translate=np.add(scan.translate, (0, -0.5, -0.5)))
     widget.mask.value = "fine"
     widget.steps.value, widget.jump_length.value, widget.resamplings.value, widget.proposals.value = 4, 2, 1, 1
-    _run(qtbot, widget)
+    run_widget(widget)
     changed = np.any(viewer.layers["scan inpaint proposals"].data != scan.data, axis=0)
     assert changed[2, 10:14, 10:14].any() and not changed[:, :8].any()
 

@@ -27,12 +27,6 @@ def setup(make_napari_viewer, tiny_seg_model):
     return viewer, widget, scan
 
 
-def _run(qtbot, widget, timeout=60_000):
-    worker = widget.run()
-    assert worker is not None
-    qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=timeout)
-
-
 def test_opens_with_the_shared_defaults(make_napari_viewer):
     from napari_diffmed._qt.segmentation import SegmentationWidget
 
@@ -43,14 +37,14 @@ def test_opens_with_the_shared_defaults(make_napari_viewer):
     assert (widget.rule.value, widget.threshold.value) == (DEFAULTS.rule, DEFAULTS.threshold)
 
 
-def test_run_adds_aligned_layers_and_refuses_without_the_model(setup, qtbot, tiny_seg_model):
+def test_run_adds_aligned_layers_and_refuses_without_the_model(run_widget, setup, qtbot, tiny_seg_model):
     from napari_diffmed.models import get_model
 
     viewer, widget, scan = setup
     original = scan.data.copy()
     assert (widget.first.value, widget.last.value) == (0, 5)  # the default slab, clipped to the volume
     widget.keep_members.value = True
-    _run(qtbot, widget)
+    run_widget(widget)
     names = [layer.name for layer in viewer.layers]
     assert names == ["scan", "scan ensemble mean", "scan ensemble variance", "scan ensemble entropy",
                      "scan ensemble members", "scan consensus"]
@@ -87,11 +81,11 @@ def test_run_adds_aligned_layers_and_refuses_without_the_model(setup, qtbot, tin
     assert "scan consensus [1]" in [layer.name for layer in viewer.layers]
 
 
-def test_review_moves_through_the_most_uncertain_slices(setup, qtbot):
+def test_review_moves_through_the_most_uncertain_slices(run_widget, setup, qtbot):
     viewer, widget, scan = setup
     widget.region.value = "slice range"
     widget.first.value, widget.last.value = 1, 4
-    _run(qtbot, widget)
+    run_widget(widget)
     order = widget._order
     assert sorted(order) == [1, 2, 3, 4] and len(widget.ranked.choices) == 4
     totals = widget.result.entropy.sum(axis=(1, 2))
@@ -104,11 +98,11 @@ def test_review_moves_through_the_most_uncertain_slices(setup, qtbot):
     assert viewer.dims.current_step[0] == order[3]
 
 
-def test_reference_labels_give_scores(setup, qtbot):
+def test_reference_labels_give_scores(run_widget, setup, qtbot):
     viewer, widget, scan = setup
     widget.region.value = "current slice"
     viewer.dims.current_step = (2, 0, 0)
-    _run(qtbot, widget)
+    run_widget(widget)
     assert widget.result.provenance["slices"] == [2]
     assert widget.metrics.value == ""
     viewer.add_labels((scan.data > 700).astype(np.uint8), name="reference", scale=scan.scale,

@@ -22,12 +22,6 @@ def widget(make_napari_viewer):
     return widget
 
 
-def _run_and_wait(qtbot, widget, timeout=60_000):
-    worker = widget.run()
-    assert worker is not None
-    qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=timeout)
-
-
 def _names(viewer):
     return [layer.name for layer in viewer.layers]
 
@@ -38,14 +32,14 @@ def test_opens_with_the_shared_defaults(widget):
         DEFAULTS.n, DEFAULTS.steps, DEFAULTS.scheduler, DEFAULTS.seed, DEFAULTS.guidance)
 
 
-def test_run_cancel_and_run_again(widget, qtbot, tiny_image_model):
+def test_run_cancel_and_run_again(run_widget, widget, qtbot, tiny_image_model):
     viewer = widget.viewer
     widget.model_file.value = tiny_image_model
     assert widget.class_name.choices == ("healthy", "lesion") and widget.class_name.enabled
     widget.steps.value, widget.n_samples.value, widget.seed.value = 3, 4, 1
     widget.class_name.value, widget.guidance.value = "lesion", 2.0
 
-    _run_and_wait(qtbot, widget)
+    run_widget(widget)
     assert _names(viewer) == ["scan", "synthesis tiny_image"]
     layer = viewer.layers["synthesis tiny_image"]
     assert layer.data.shape == (4, 16, 16)
@@ -75,7 +69,7 @@ def test_run_cancel_and_run_again(widget, qtbot, tiny_image_model):
 
     # a second run gets its own layer name
     widget.steps.value, widget.scheduler.value = 3, "ddim"
-    _run_and_wait(qtbot, widget)
+    run_widget(widget)
     names = _names(viewer)
     assert len(names) == 3 and len(set(names)) == 3 and names[2].startswith("synthesis tiny_image")
 
@@ -102,12 +96,12 @@ def test_bad_input_is_reported_and_adds_nothing(widget, tiny_image_model, tiny_s
     assert _names(widget.viewer) == ["scan"]
 
 
-def test_volume_model_and_guidance_sweep(widget, qtbot, tiny_volume_model, tiny_image_model):
+def test_volume_model_and_guidance_sweep(run_widget, widget, qtbot, tiny_volume_model, tiny_image_model):
     viewer = widget.viewer
     widget.model_file.value = tiny_volume_model
     assert not widget.class_name.enabled and not widget.guidance.enabled and not widget.sweep.enabled
     widget.steps.value, widget.n_samples.value = 2, 2
-    _run_and_wait(qtbot, widget)
+    run_widget(widget)
     assert _names(viewer) == ["scan", "synthesis tiny_volume #0", "synthesis tiny_volume #1"]
     for layer in list(viewer.layers)[1:]:
         assert layer.data.shape == (8, 8, 8)
@@ -118,7 +112,7 @@ def test_volume_model_and_guidance_sweep(widget, qtbot, tiny_volume_model, tiny_
     widget.sweep.value, widget.sweep_scales.value = True, "0, 3"
     assert widget.sweep_scales.enabled and not widget.guidance.enabled
     widget.steps.value, widget.n_samples.value = 3, 2
-    _run_and_wait(qtbot, widget)
+    run_widget(widget)
     w0, w3 = viewer.layers["synthesis tiny_image w=0"], viewer.layers["synthesis tiny_image w=3"]
     assert w0.data.shape == w3.data.shape == (2, 16, 16)
     assert w3.translate[-1] > w0.translate[-1] + 16 * 4.0  # side by side, not overlapping

@@ -9,7 +9,8 @@ the map itself for calibration. Every score is counted on the slab's slices insi
 (``anomaly.foreground_mask``): consensus (majority vote) Dice and HD95, the mean Dice of single
 members, multi-Otsu (3 classes, WM = the brightest) Dice, GED of the members vs the reference mask,
 AUROC of the entropy for the consensus errors, and the expected calibration errors of the mean and of
-the votes (fraction of member masks) against the probability map.
+the votes (fraction of member masks) against the probability map. Dice is also pooled over the voxels
+of all slabs (per template, and over everything), which weights each slab by its size.
 
     python benchmarks/eval_segmentation.py --model .scratch/models/mni_wm_seg_96.safetensors
 """
@@ -95,7 +96,15 @@ def evaluate(resolution: int, slab: np.ndarray, model, members: int, steps: int,
     scores["otsu_dice"] = dice(otsu, reference, region)
     scores["seconds"] = seconds
     scores["model_id"] = result.provenance["model_id"]
+    seen = region & result.covered  # the voxels scored, kept for Dice pooled over all slabs
+    scores["voxels"] = {"consensus": result.labels()[seen] > 0, "otsu": otsu[seen] > 0, "reference": reference[seen]}
     return scores
+
+
+def pooled(rows: list[dict]) -> dict[str, float]:
+    """Consensus and multi-Otsu Dice over the voxels of all ``rows`` together (each slab weighted by its size)."""
+    cat = {k: np.concatenate([r["voxels"][k] for r in rows]) for k in ("consensus", "otsu", "reference")}
+    return {"dice": dice(cat["consensus"], cat["reference"]), "otsu_dice": dice(cat["otsu"], cat["reference"])}
 
 
 def main(argv=None) -> int:
@@ -115,7 +124,8 @@ def main(argv=None) -> int:
                 scores = evaluate(resolution, slab, args.model, args.members, steps, args.seed)
                 rows.append({"template": f"{resolution} mm", "slices": f"{slab[0]}-{slab[-1]}", "steps": steps,
                              **scores})
-                print(f"  {rows[-1]}", flush=True)
+                print("  " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in rows[-1].items() if k != "voxels"), flush=True)
     print(f"\n{args.members} members, model {rows[0]['model_id'] if rows else '?'}\n")
     print("| template | slices | steps | consensus Dice | mean member Dice | multi-Otsu Dice | HD95 mm | GED | "
           "uncertainty AUROC | ECE of mean | ECE of votes | seconds |\n" + "|---" * 12 + "|")
@@ -126,11 +136,15 @@ def main(argv=None) -> int:
         same = [r for r in rows if r["steps"] == steps]
         if same:
             means = [np.nanmean([r[c] for r in same]) for c in COLUMNS]
-            print(f"| mean | | {steps} | " + " | ".join(f"{m:.0f}" if c == "seconds" else f"{m:.3f}"
-                                                     for c, m in zip(COLUMNS, means)) + " |")
+            print(f"| mean of slabs | | {steps} | " + " | ".join(f"{m:.0f}" if c == "seconds" else f"{m:.3f}"
+                                                              for c, m in zip(COLUMNS, means)) + " |")
+            for name, group in [(f"{t} pooled", [r for r in same if r["template"] == t])
+                                for t in dict.fromkeys(r["template"] for r in same)] + [("all pooled", same)]:
+                p = pooled(group)
+                print(f"| {name} | | {steps} | {p['dice']:.3f} | | {p['otsu_dice']:.3f} |" + " |" * 7)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=2, default=float)
+            json.dump([{k: v for k, v in r.items() if k != "voxels"} for r in rows], fh, indent=2, default=float)
     if args.write:
         print(f"wrote {write_card_metrics(args.model or 'mni_wm_seg_96', card_metrics(rows, args))}")
     return 0
@@ -146,6 +160,7 @@ def card_metrics(rows: list[dict], args) -> dict:
     slabs = {f"{r['template']}{' LAS file' if r['template'] == '2 mm' else ''} {r['slices']}":
              {names.get(c, c): round(float(r[c]), 3) for c in keep} for r in rows}
     mean = {names.get(c, c): round(float(np.nanmean([r[c] for r in rows])), 3) for c in keep}
+    mean.update({f"pooled_{k}": round(float(v), 3) for k, v in pooled(rows).items()})
     loaded = get_model(args.model or "mni_wm_seg_96", task="segmentation")
     return {
         "segmentation": {"reference": "MNI152 white-matter probability map > 0.5 (ECE against the map itself)",

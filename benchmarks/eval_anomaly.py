@@ -7,7 +7,9 @@ EVALUATION split reported in docs/anomaly.md. Each case is the whole template wi
 ``training.lesions.HELD_OUT_STYLE`` (ring and lobed shapes the model never saw, sizes in pixels of
 the model grid) planted in 3D inside the slab; the cases are stacked along z into one scan so a
 single ``anomaly_map`` call runs them all in one batch stream. Scores are pixel-wise over the slab
-slices inside the template's brain (the lesion planting's own mask), pooled over cases.
+slices inside the template's brain (the lesion planting's own mask), pooled over cases. Each method
+runs once per ``--compare`` choice: the healthy reconstruction against its unguided twin, and
+against the scan.
 
     NAPARI_DIFFMED_MODELS=/work/train/weights python benchmarks/eval_anomaly.py --split evaluation
 """
@@ -18,7 +20,7 @@ import argparse
 import json
 import time
 
-from napari_diffmed.anomaly import DEFAULTS, METHODS, anomaly_map
+from napari_diffmed.anomaly import COMPARES, DEFAULTS, METHODS, anomaly_map
 from napari_diffmed.evaluation.anomaly import LesionCases as Cases
 from napari_diffmed.evaluation.anomaly import held_out_slabs as slabs  # noqa: F401 - kept for callers
 from napari_diffmed.evaluation.anomaly import make_lesion_cases as make_cases
@@ -38,6 +40,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cases", type=int, default=4, help="lesion draws (each one slab of 12 slices)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--compare", nargs="+", choices=COMPARES, default=list(COMPARES),
+                        help="what the healthy reconstruction is compared with (each one a row per method)")
     parser.add_argument("--model", default=None)
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -50,9 +54,11 @@ def main(argv=None) -> int:
     card = _load(args.model, "cpu").card
     rows = {"median filter baseline": (score(median_baseline(cases, card), cases), 0.0)}
     for method in args.methods:
-        figures, seconds, result = run_method(cases, method, args.model)
-        rows[method] = (figures, seconds)
-        print(f"  {method}: {figures} in {seconds:.0f} s ({result.provenance['model_id']})", flush=True)
+        for compare in args.compare:
+            figures, seconds, result = run_method(cases, method, args.model, compare=compare)
+            name = f"{method} vs {result.provenance['compared_with']}"
+            rows[name] = (figures, seconds)
+            print(f"  {name}: {figures} in {seconds:.0f} s ({result.provenance['model_id']})", flush=True)
     print("\n| method | pixel AUROC | AUPRC | best Dice | Dice at default threshold | seconds |\n|---|---|---|---|---|---|")
     for name, (f, seconds) in rows.items():
         print(f"| {name} | {f['auroc']:.3f} | {f['auprc']:.3f} | {f['best_dice']:.3f} | "

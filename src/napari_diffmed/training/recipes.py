@@ -70,7 +70,7 @@ RECIPES: dict[str, Recipe] = {
     ),
     "mni_t1_volume_32": Recipe(
         _t1_volume_card, lambda: template_volume(load_mni152(1), (32, 40, 32), (5.0, 5.0, 5.0)), "image",
-        TrainConfig(steps=800, batch_size=4, lr=3e-4, checkpoint_every=100, val_every=250),
+        TrainConfig(steps=1100, batch_size=4, lr=3e-4, checkpoint_every=100, val_every=250),
     ),
 }
 

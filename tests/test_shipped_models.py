@@ -21,7 +21,7 @@ IMAGE, VOLUME = "mni_t1_axial_64", "mni_t1_volume_32"
 NN_SSIM_FLOOR = 0.2
 MEMORISED_MAX = 0.10
 AUROC_FLOOR = 0.6
-VOLUME_NN_SSIM_FLOOR = 0.1
+VOLUME_NN_SSIM_FLOOR = 0.35
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +134,13 @@ def test_volumes_have_brain_structure(volume_model):
     figures, samples = volume_part(volume_model, data, QUICK, n=2, steps=20)
     assert samples.shape == (2, *volume_model.card.image_size)
     # SSIM of whole volumes is dominated by the background: a flat brain-shaped blob reaches 0.59, noise 0.0,
-    # augmented copies of the template (what training showed) about 0.5; so check the tissue contrast too
+    # augmented copies of the template (what training showed) about 0.4; so check the brain's size and its
+    # tissue contrast too (the earlier, noise-predicting model filled 96% of the volume with noisy blobs)
     assert figures["nn_ssim_median"] > VOLUME_NN_SSIM_FLOOR, figures
     assert abs(figures["nn_ssim_median"] - metrics["volume"]["nn_ssim_median"]) < 0.15
+    assert 0.7 < figures["foreground_fraction"] / figures["foreground_fraction_training"] < 1.3, figures
+    assert figures["tissue_contrast"] > 0.5 * figures["tissue_contrast_training"], figures  # not flat blobs
+    assert figures["intensity_distance"] < 0.05, figures
     assert ssim_matrix(samples[:1], samples[1:])[0, 0] < 0.98, "the two volumes are the same"
 
 

@@ -289,5 +289,5 @@ def test_shipped_model_beats_the_ring_mean_on_held_out_slices():
     edges = edge_energy(image[slices])
     print(f"\nheld-out slices {slices}: MAE inside the mask {mae_model:.4f} (proposal mean) vs {mae_ring:.4f} "
           f"(ring mean), ratio {mae_model / mae_ring:.3f}; seam energy {seam:.5f} vs the image's edges {edges:.5f}")
-    assert mae_model <= 0.95 * mae_ring  # shipped weights: 0.92 (the aim, 0.9, needs more training)
+    assert mae_model <= 0.9 * mae_ring  # at least 10% closer than the ring mean; shipped weights: 0.83
     assert seam <= edges

@@ -15,12 +15,12 @@ import pytest
 pytestmark = pytest.mark.slow
 
 IMAGE, VOLUME = "mni_t1_axial_64", "mni_t1_volume_32"
-# Floors under what the shipped weights reach (card: NN-SSIM 0.30, best AUROC 0.72, volume NN-SSIM 0.18), far
+# Floors under what the shipped weights reach (card: NN-SSIM 0.33, best AUROC 0.84, volume NN-SSIM 0.51), far
 # above what random weights give (about 0.05 and 0.5): they catch a broken or swapped model. The issue's targets
 # (NN-SSIM 0.6, AUROC 0.9) need longer training than this CPU allowed; real held-out slices score about 0.8.
 NN_SSIM_FLOOR = 0.2
 MEMORISED_MAX = 0.10
-AUROC_FLOOR = 0.6
+AUROC_FLOOR = 0.75
 VOLUME_NN_SSIM_FLOOR = 0.35
 
 
@@ -147,7 +147,8 @@ def test_volumes_have_brain_structure(volume_model):
 def test_segmentation_ensemble_on_a_held_out_slab():
     """The shipped WM model on held-out slices of the 2 mm template (a grid it never saw), against the WM map.
 
-    Card (benchmarks/eval_segmentation.py) on this slab: consensus Dice 0.88, members 0.75, AUROC 0.87.
+    Card (benchmarks/eval_segmentation.py) on this slab: consensus Dice 0.91, members 0.83, AUROC 0.92,
+    calibration error of the mean 0.02.
     """
     from napari_diffmed.anomaly import foreground_mask
     from napari_diffmed.ensemble import segment_ensemble
@@ -164,7 +165,7 @@ def test_segmentation_ensemble_on_a_held_out_slab():
     region[slab] = True
     region &= foreground_mask(template.t1) & result.covered
     scores = segmentation_scores(result, template.wm > 0.5, template.spacing, region=region, probability=template.wm)
-    assert scores["dice"] > 0.8, scores
+    assert scores["dice"] > 0.88, scores
     assert scores["dice"] >= scores["member_dice"], scores  # the ensemble beats its members (Wolleb et al.)
-    assert scores["uncertainty_auroc"] > 0.75, scores  # the uncertainty points at the errors
-    assert scores["ece_votes"] < 0.15 and scores["ece_votes"] < scores["ece"], scores  # votes are calibrated
+    assert scores["uncertainty_auroc"] > 0.85, scores  # the uncertainty points at the errors
+    assert scores["ece"] < 0.05 and scores["ece_votes"] < 0.08, scores  # mean and votes are calibrated

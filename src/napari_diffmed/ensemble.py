@@ -11,8 +11,8 @@ mask is ``x0 > 0`` (probability > 0.5). From the members, on the input's grid:
 
 - ``mean`` and ``variance`` of the members' soft probabilities;
 - ``votes``: the fraction of member masks covering a voxel (the mean of the sampled masks, as in
-  Wolleb et al.). A partly trained model squeezes its soft outputs towards 0.5, so on held-out
-  data ``votes`` is the better calibrated probability, while ``entropy`` (from the soft mean,
+  Wolleb et al.). A partly trained model can squeeze its soft outputs towards 0.5, and then
+  ``votes`` is the better calibrated probability, while ``entropy`` (from the soft mean,
   which has no ties) is the better pointer to errors;
 - ``entropy``: binary predictive entropy of ``mean``, in **bits** (0 to 1);
 - ``mutual_information`` (bits): ``entropy`` minus the members' mean entropy (the BALD

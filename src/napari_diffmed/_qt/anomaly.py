@@ -107,13 +107,16 @@ class AnomalyWidget(Container):
     def run(self, *_: Any):
         """Copy the scan and start the anomaly map; returns the worker (None on bad input)."""
         from ..anomaly import iter_anomaly_map, planned_calls
-        from ..models import load_for_task
+        from ..models import ModelCard, resolve
+        from ..models.checkpoint import card_path
 
         layer, model = self.image.value, self.model_source()
         try:
             if layer is None or model is None:
                 raise ValueError("choose an image layer and a model (set NAPARI_DIFFMED_MODELS for your own models)")
-            card = load_for_task(model, "image", "cpu", "an anomaly map").card
+            card = ModelCard.read(card_path(resolve(model)))  # the card only: the job loads the weights
+            if card.task != "image":
+                raise ValueError(f"model {card.name!r} is a {card.task} model; an anomaly map needs an image model")
             if layer.rgb or layer.multiscale or layer.ndim not in (2, 3):
                 raise ValueError(f"layer {layer.name!r} must be a single-channel 2D image or 3D volume")
             data = np.array(layer.data, dtype=np.float32)  # a copy: the layer is never touched

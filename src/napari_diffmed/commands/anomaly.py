@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     existing = [str(p) for p in [*paths.values(), sidecar] if p.exists()]
     if existing and not args.overwrite:
         raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite to replace them")
-    settings = dict(method=args.method, guidance=args.guidance, compare=args.compare, reconstructions=k, steps=args.steps,
+    settings = dict(method=args.method, guidance=args.guidance, compare=args.compare, reconstructions=k,
+                    steps=args.steps,
                     smoothing=args.smoothing, seed=args.seed, device=args.device,
                     **({"depth": args.depth} if args.method == "ddim" else {"level": args.level}))
     indices = parse_slices(args.slices)

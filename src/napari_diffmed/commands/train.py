@@ -9,7 +9,8 @@ from ..device import DEVICE_CHOICES
 from ..models.card import PREDICTION_TYPES
 
 # Options that only make sense with --data; with --recipe the recipe fixes them (so its card's command reproduces it).
-FOLDER_ONLY = ("task", "dims", "image_size", "spacing", "classes", "labels", "name", "channels", "prediction", "held_out",
+FOLDER_ONLY = ("task", "dims", "image_size", "spacing", "classes", "labels", "name", "channels", "prediction",
+               "held_out",
                "batch_size", "lr", "grad_accum", "checkpoint_every", "seed")
 DEFAULT_SIZE = {2: ([64, 64], [3.0, 3.0]), 3: ([32, 40, 32], [5.0, 5.0, 5.0])}
 

@@ -14,26 +14,29 @@ import torch
 from .card import PREDICTION_TYPES
 
 
+def check(prediction_type: str) -> str:
+    """``prediction_type`` if it is one of :data:`PREDICTION_TYPES`, else a ValueError naming them."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}")
+    return prediction_type
+
+
 def training_target(prediction_type: str, x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor):
     """The regression target for noisy ``sqrt(a) x0 + sqrt(1 - a) noise`` (``alpha_bar`` broadcastable)."""
-    if prediction_type == "epsilon":
+    if check(prediction_type) == "epsilon":
         return noise
     if prediction_type == "sample":
         return x0
-    if prediction_type == "v_prediction":
-        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
-    raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}")
+    return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
 
 
 def to_epsilon(prediction_type: str, output: torch.Tensor, sample: torch.Tensor, alpha_bar: torch.Tensor):
     """Epsilon implied by a network ``output`` of ``prediction_type`` at noisy ``sample``."""
-    if prediction_type == "epsilon":
+    if check(prediction_type) == "epsilon":
         return output
     if prediction_type == "sample":
         return (sample - alpha_bar.sqrt() * output) / (1 - alpha_bar).sqrt()
-    if prediction_type == "v_prediction":
-        return (1 - alpha_bar).sqrt() * sample + alpha_bar.sqrt() * output
-    raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}")
+    return (1 - alpha_bar).sqrt() * sample + alpha_bar.sqrt() * output
 
 
 class EpsilonView(torch.nn.Module):
@@ -45,9 +48,7 @@ class EpsilonView(torch.nn.Module):
     def __init__(self, network: torch.nn.Module, prediction_type: str, alphas_cumprod: torch.Tensor,
                  out_channels: int) -> None:
         super().__init__()
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {list(PREDICTION_TYPES)}")
-        self.network, self.prediction_type, self.out_channels = network, prediction_type, int(out_channels)
+        self.network, self.prediction_type, self.out_channels = network, check(prediction_type), int(out_channels)
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().clone().float(), persistent=False)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None = None):

@@ -129,9 +129,10 @@ def train_on_folder(
     files = [f for it in items for f in (it.image, it.mask) if f is not None]
     files += [Path(labels_csv)] if labels_csv is not None else []
     unit = "slices" if dims == 2 else "volumes"
+    command = _command(folder, out, name, task, dims, image_size, spacing, classes, labels_csv, channels, held_out,
+                       config, prediction_type)
     card.training = {
-        "command": _command(folder, out, name, task, dims, image_size, spacing, classes, labels_csv, channels,
-                            held_out, config, prediction_type) + (f" --init {shlex.quote(str(init))}" if init is not None else ""),
+        "command": command + (f" --init {shlex.quote(str(init))}" if init is not None else ""),
         "data": f"{len(items)} NIfTI images" + (" with masks" if task == "segmentation" else "") + f" in {folder}"
                 + (f", classes from {labels_csv}" if labels_csv else ", classes from file names" if classes else ""),
         "data_fingerprint": data_fingerprint(folder, files),

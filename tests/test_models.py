@@ -203,6 +203,8 @@ def test_get_model_checks_the_task_and_caches(user_models):
 
 def test_default_models():
     assert default_model("image", 2) == "mni_t1_axial_64"
+    assert default_model("image", 2, "synthesis") == "mni_t1_axial_64_v"  # the sharper v model samples
+    assert default_model("image", 2, "an anomaly map") == "mni_t1_axial_64"
     assert default_model("segmentation", 2) == "mni_wm_seg_96"
     with pytest.raises(ValueError, match="no shipped default for a 3D segmentation model"):
         default_model("segmentation", 3)

@@ -27,6 +27,7 @@ def _names(viewer):
 
 
 def test_opens_with_the_shared_defaults(widget):
+    assert widget.model.value == "mni_t1_axial_64_v"  # the synthesis default, not the anomaly one
     s = widget.settings()
     assert (s.n, s.steps, s.scheduler, s.seed, s.guidance) == (
         DEFAULTS.n, DEFAULTS.steps, DEFAULTS.scheduler, DEFAULTS.seed, DEFAULTS.guidance)

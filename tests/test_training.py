@@ -158,8 +158,11 @@ def test_cli_x0_model_fine_tunes_from_init_and_the_card_records_both(tmp_path, c
     recorded = build_parser().parse_args(shlex.split(tuned.card.training["command"])[1:])
     assert (recorded.prediction, recorded.init) == ("sample", out / "base.safetensors")
     assert _train(out, folder, "--task", "segmentation", "--steps", 2, "--name", "eps",
-                  "--init", out / "base.safetensors") == 2  # an epsilon network cannot start from an x0 one
-    assert "prediction_type is sample" in capsys.readouterr().err
+                  "--init", out / "base.safetensors") == 0  # re-targeted: an epsilon network from an x0 one
+    eps = load_model(out / "eps.safetensors").card
+    assert (eps.prediction_type, eps.training["init"]["prediction_type"]) == ("epsilon", "sample")
+    assert _train(out, folder, "--steps", 2, "--name", "image", "--init", out / "base.safetensors") == 2
+    assert "task is segmentation" in capsys.readouterr().err  # an image model cannot start from a segmentation one
 
 
 def test_cli_conditional_2d_from_names_and_3d_from_csv(tmp_path):

@@ -36,7 +36,7 @@ from scipy.special import xlogy
 from .progress import Progress, drive
 
 if TYPE_CHECKING:
-    from .models import LoadedModel
+    from .models import LoadedModel, ModelCard
 
 RULES = ("majority", "mean")
 ENTROPY_UNITS = "bits"
@@ -165,14 +165,18 @@ def segmentation_model(model: "str | os.PathLike | LoadedModel | None" = None, d
     else:
         name = model if model not in (None, "") else default_model("segmentation", 2)
         loaded = get_model(name, device=str(select_device(device)))
-    card = loaded.card
+    check_segmentation_card(loaded.card)
+    return loaded
+
+
+def check_segmentation_card(card: "ModelCard") -> None:
+    """Refuse, by name, a model the ensemble cannot feed (another task, classes, extra condition channels)."""
     if card.task != "segmentation":
         raise ValueError(f"model {card.name!r} is made for task {card.task!r}; a segmentation ensemble needs a "
                          "model for task 'segmentation' (the image as a condition channel)")
     if card.condition_channels != 1 or card.conditional:
         raise ValueError(f"model {card.name!r} takes {card.condition_channels} condition channels and classes "
                          f"{card.class_names}; the ensemble feeds exactly one image channel and no class")
-    return loaded
 
 
 def estimate_bytes(shape: Sequence[int], n_inputs: int, members: int, image_size: Sequence[int]) -> int:

@@ -142,7 +142,9 @@ class SegmentationWidget(Container):
 
     def run(self, *_: Any):
         """Copy the scan and start the ensemble; returns the worker (None on bad input)."""
-        from ..ensemble import iter_segment_ensemble, planned_calls, segmentation_model
+        from ..ensemble import check_segmentation_card, iter_segment_ensemble, planned_calls
+        from ..models import ModelCard, resolve
+        from ..models.checkpoint import card_path
 
         if self.image.value is None or self.model_source() is None:
             self._fail("choose an image layer and a segmentation model")
@@ -152,7 +154,8 @@ class SegmentationWidget(Container):
             if image.rgb or image.multiscale or image.ndim not in (2, 3):
                 raise ValueError(f"layer {image.name!r} must be a single-channel 2D image or 3D volume")
             indices = self._indices(image)
-            card = segmentation_model(self.model_source(), "cpu").card
+            card = ModelCard.read(card_path(resolve(self.model_source())))  # the card only: the job loads the weights
+            check_segmentation_card(card)
             depth = image.data.shape[self.axis.value] if image.ndim == 3 else 1
             if indices is not None and (min(indices) < 0 or max(indices) >= depth):
                 raise ValueError(f"slices {indices[0]}..{indices[-1]} do not all lie in 0..{depth - 1}")

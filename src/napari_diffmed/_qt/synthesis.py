@@ -31,7 +31,7 @@ class SynthesisWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.viewer = viewer
         names = [entry.name for entry in list_models(task="image")]
-        default = default_model("image", 2)
+        default = default_model("image", 2, "synthesis")
         self.model = ComboBox(label="model", choices=names, tooltip="shipped and user models ($NAPARI_DIFFMED_MODELS)")
         if default in names:
             self.model.value = default

@@ -18,6 +18,9 @@ DEFAULTS = {
     ("segmentation", 2): "mni_wm_seg_96",
     ("image", 3): "mni_t1_volume_32",
 }
+# Where one task's uses want different models: synthesis takes the sharper v-predicting model, while
+# inpainting and anomaly maps keep the noise-predicting one, whose healthy guidance removes lesions.
+PURPOSE_DEFAULTS = {("synthesis", 2): "mni_t1_axial_64_v"}
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,10 @@ def resolve(model: str | os.PathLike) -> Path:
     raise ValueError(f"unknown model {text!r}; known models: {names} (or give a path to NAME.safetensors)")
 
 
-def default_model(task: str, spatial_dims: int = 2) -> str:
+def default_model(task: str, spatial_dims: int = 2, purpose: str | None = None) -> str:
+    """The shipped model a run uses when none is named (``purpose``: e.g. "synthesis")."""
     try:
-        return DEFAULTS[(task, spatial_dims)]
+        return PURPOSE_DEFAULTS.get((purpose, spatial_dims)) or DEFAULTS[(task, spatial_dims)]
     except KeyError:
         raise ValueError(f"no shipped default for a {spatial_dims}D {task} model") from None
 
@@ -99,7 +103,7 @@ def load_for_task(model: "str | os.PathLike | LoadedModel | None", task: str, de
         if model.card.task != task:
             raise ValueError(f"model {model.card.name!r} is a {model.card.task} model; {purpose} needs {_a(task)} model")
         return model
-    name = model if model not in (None, "") else default_model(task, 2)
+    name = model if model not in (None, "") else default_model(task, 2, purpose)
     return get_model(name, device=str(select_device(device)), task=task, purpose=purpose)
 
 

@@ -199,11 +199,15 @@ def train(
 
 
 def warm_start(net, ema, card: ModelCard, init: str | Path) -> dict:
-    """Load ``init``'s weights (hash-checked, safetensors) into ``net`` and ``ema``; what to record of it."""
-    from ..models.checkpoint import load_model
+    """Load ``init``'s weights (hash-checked, safetensors) into ``net`` and ``ema``; what to record of it.
 
-    source = load_model(init)
-    for key in ("network", "prediction_type", "task"):
+    The source may predict another target (e.g. noise, when this model predicts v): its features carry
+    over and the training re-targets the output, as Stable Diffusion 2 was moved from epsilon to v."""
+    from ..models.checkpoint import load_model
+    from ..models.registry import resolve
+
+    source = load_model(resolve(init))
+    for key in ("task", "network"):
         if getattr(source.card, key) != getattr(card, key):
             raise ValueError(f"cannot start from {source.model_id}: its {key} is {getattr(source.card, key)}, "
                              f"this model's is {getattr(card, key)}")
@@ -211,7 +215,7 @@ def warm_start(net, ema, card: ModelCard, init: str | Path) -> dict:
     net.load_state_dict(state)
     ema.load_state_dict(state)
     return {"model_id": source.model_id, "weights_sha256": source.card.weights_sha256,
-            "steps": source.card.training.get("steps")}
+            "steps": source.card.training.get("steps"), "prediction_type": source.card.prediction_type}
 
 
 def validation_loss(net, scheduler, card: ModelCard, batch: tuple, device, repeats: int = 4) -> float:

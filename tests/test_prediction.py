@@ -119,6 +119,8 @@ def test_x0_segmentation_training_learns_and_fine_tuning_starts_from_the_given_w
     assert tuned.training["init"]["steps"] == 30
     a, b = load_file(str(tmp_path / "a" / "seg_x0.safetensors")), load_file(str(tmp_path / "b" / "seg_x0.safetensors"))
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-6  # a step at lr 1e-12 moves nothing
-    with pytest.raises(ValueError, match="prediction_type is sample"):
-        train(_seg_card("epsilon"), batches(), None, config, tmp_path / "c" / "seg", log=lambda m: None,
+    wider = _seg_card("sample")
+    wider.network = {**wider.network, "channels": [16, 16]}
+    with pytest.raises(ValueError, match="cannot start from seg_x0@.*its network is"):
+        train(wider, batches(), None, config, tmp_path / "c" / "seg", log=lambda m: None,
               init=tmp_path / "a" / "seg_x0.safetensors")

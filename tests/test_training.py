@@ -226,3 +226,17 @@ def test_recipe_mode_calls_train_default_and_keeps_the_recipe_fixed(tmp_path, ca
     command = f"napari-diffmed train --recipe mni_wm_seg_96 --steps 1500 --out {tmp_path}"  # as the cards record it
     args = build_parser().parse_args(shlex.split(command)[1:])
     assert (args.recipe, args.steps, args.out) == ("mni_wm_seg_96", 1500, tmp_path)
+
+
+def test_the_v_recipe_starts_from_the_shipped_noise_model_and_records_its_command(tmp_path, monkeypatch):
+    from napari_diffmed.training import recipes
+    from napari_diffmed.training.loop import TrainState
+
+    seen = {}
+    monkeypatch.setattr(recipes, "train", lambda card, *a, init=None, **k: seen.update(card=card, init=init)
+                        or TrainState(0, [], []))
+    recipes.train_default("mni_t1_axial_64_v", tmp_path, steps=5, log=lambda m: None)
+    assert seen["init"] == "mni_t1_axial_64" and seen["card"].prediction_type == "v_prediction"
+    assert seen["card"].training["command"].endswith("--init mni_t1_axial_64")
+    recipes.train_default("mni_t1_axial_64", tmp_path, steps=5, log=lambda m: None)
+    assert seen["init"] is None and seen["card"].prediction_type == "epsilon"  # trained from scratch

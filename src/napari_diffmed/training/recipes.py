@@ -21,6 +21,7 @@ class Recipe:
     kind: str
     config: TrainConfig
     lesion_prob: float = 0.0
+    init: str | None = None  # the model it fine-tunes (a registry name), when it is not trained from scratch
 
 
 def _t1_slice_card(prediction_type: str = "epsilon") -> ModelCard:
@@ -44,6 +45,10 @@ def _t1_slice_v_card() -> ModelCard:
         "mni_t1_axial_64 (--init): its samples are sharper, with clean backgrounds, so it is the synthesis default; "
         "anomaly maps stay with mni_t1_axial_64, whose healthy guidance removes lesions more reliably.")
     return card
+
+
+def _t1_slices() -> GridData:
+    return template_slices(load_mni152(1), (64, 64), (3.0, 3.0))
 
 
 def _wm_seg_card() -> ModelCard:
@@ -72,12 +77,13 @@ def _t1_volume_card() -> ModelCard:
 
 RECIPES: dict[str, Recipe] = {
     "mni_t1_axial_64": Recipe(
-        _t1_slice_card, lambda: template_slices(load_mni152(1), (64, 64), (3.0, 3.0)), "image",
+        _t1_slice_card, _t1_slices, "image",
         TrainConfig(steps=3600, batch_size=16, lr=3e-4, checkpoint_every=100, val_every=250), lesion_prob=0.5,
     ),
-    "mni_t1_axial_64_v": Recipe(  # fine-tuned: --init mni_t1_axial_64 (see the card's training.command)
-        _t1_slice_v_card, lambda: template_slices(load_mni152(1), (64, 64), (3.0, 3.0)), "image",
+    "mni_t1_axial_64_v": Recipe(
+        _t1_slice_v_card, _t1_slices, "image",
         TrainConfig(steps=3000, batch_size=16, lr=3e-4, checkpoint_every=100, val_every=250), lesion_prob=0.5,
+        init="mni_t1_axial_64",
     ),
     "mni_wm_seg_96": Recipe(
         _wm_seg_card, lambda: template_slices(load_mni152(1), (96, 96), (2.0, 2.0), prob="wm"), "segmentation",
@@ -93,10 +99,11 @@ RECIPES: dict[str, Recipe] = {
 def train_default(name: str, out_dir: str | Path, steps: int | None = None, resume: bool = True,
                   device: str = "auto", log=print, init: str | Path | None = None) -> TrainState:
     """Train (or resume) one shipped model into ``out_dir/NAME.safetensors`` + card; ``init`` starts
-    from another model's weights (see :func:`~.loop.train`)."""
+    from another model's weights (see :func:`~.loop.train`; default: the recipe's own ``init``)."""
     if name not in RECIPES:
         raise ValueError(f"unknown default model {name!r}; choose one of {sorted(RECIPES)}")
     recipe = RECIPES[name]
+    init = recipe.init if init is None else init
     config = replace(recipe.config, steps=recipe.config.steps if steps is None else steps, device=device)
     data = recipe.data()
     train_data = data.split(held_out=False) if data.held_out.any() else data

@@ -17,6 +17,7 @@ against the scan.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--compare", nargs="+", choices=COMPARES, default=list(COMPARES),
                         help="what the healthy reconstruction is compared with (each one a row per method)")
+    parser.add_argument("--negative", nargs="+", default=[DEFAULTS.negative],
+                        help="the class(es) the guidance pushes away from (each one a row per method): auto, none")
     parser.add_argument("--model", default=None)
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -53,12 +56,12 @@ def main(argv=None) -> int:
 
     card = _load(args.model, "cpu").card
     rows = {"median filter baseline": (score(median_baseline(cases, card), cases), 0.0)}
-    for method in args.methods:
-        for compare in args.compare:
-            figures, seconds, result = run_method(cases, method, args.model, compare=compare)
-            name = f"{method} vs {result.provenance['compared_with']}"
-            rows[name] = (figures, seconds)
-            print(f"  {name}: {figures} in {seconds:.0f} s ({result.provenance['model_id']})", flush=True)
+    for method, compare, negative in itertools.product(args.methods, args.compare, args.negative):
+        figures, seconds, result = run_method(cases, method, args.model, compare=compare, negative=negative)
+        name = f"{method} vs {result.provenance['compared_with']}" + (
+            "" if len(args.negative) == 1 else f", away from {result.provenance['negative_class']}")
+        rows[name] = (figures, seconds)
+        print(f"  {name}: {figures} in {seconds:.0f} s ({result.provenance['model_id']})", flush=True)
     print("\n| method | pixel AUROC | AUPRC | best Dice | Dice at default threshold | seconds |\n|---|---|---|---|---|---|")
     for name, (f, seconds) in rows.items():
         print(f"| {name} | {f['auroc']:.3f} | {f['auprc']:.3f} | {f['best_dice']:.3f} | "

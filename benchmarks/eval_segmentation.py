@@ -5,7 +5,9 @@ axial slices) and that contain brain are segmented one slab per run, on the 1 mm
 2 mm template (the same slabs, found by their world z, on a grid the model never saw; saved as LAS
 NIfTI files and opened with the plugin's reader, which puts them back in RAS order). The reference
 is the template's white-matter probability map: > 0.5 for Dice, HD95, GED and the uncertainty AUROC,
-the map itself for calibration. Every score is counted on the slab's slices inside the brain mask
+the map itself for calibration (mapped through the card's ``training.threshold_band``: a model trained
+on masks thresholded on [0.3, 0.7] should cover a voxel of probability p in a fraction
+clip((p - 0.3) / 0.4, 0, 1) of its members). Every score is counted on the slab's slices inside the brain mask
 (``anomaly.foreground_mask``): consensus (majority vote) Dice and HD95, the mean Dice of single
 members, multi-Otsu (3 classes, WM = the brightest) Dice, GED of the members vs the reference mask,
 AUROC of the entropy for the consensus errors, and the expected calibration errors of the mean and of
@@ -31,6 +33,7 @@ from napari_diffmed.anomaly import foreground_mask
 from napari_diffmed.ensemble import DEFAULTS, segment_ensemble
 from napari_diffmed.evaluation.segmentation import dice, multi_otsu_wm, segmentation_scores
 from napari_diffmed.io import read_nifti
+from napari_diffmed.training.datasets import member_probability
 from napari_diffmed.training.evaluate import write_card_metrics
 from napari_diffmed.training.templates import held_out_slices, load_mni152
 
@@ -74,7 +77,8 @@ def las_file_template(folder: Path) -> SimpleNamespace:
                            spacing=tuple(float(v) for v in kwargs["metadata"]["spacing"]))
 
 
-def evaluate(resolution: int, slab: np.ndarray, model, members: int, steps: int, seed: int) -> dict:
+def evaluate(resolution: int, slab: np.ndarray, model, members: int, steps: int, seed: int,
+             band: tuple[float, float] = (0.0, 1.0)) -> dict:
     if resolution == 2:
         with tempfile.TemporaryDirectory() as folder:
             template = las_file_template(Path(folder))
@@ -90,7 +94,7 @@ def evaluate(resolution: int, slab: np.ndarray, model, members: int, steps: int,
                               indices=slab, device="cpu")
     seconds = time.perf_counter() - start
     scores = segmentation_scores(result, reference, template.spacing, region=region & result.covered,
-                                 probability=template.wm)
+                                 probability=member_probability(template.wm, band))
     otsu = np.zeros(brain.shape, dtype=np.uint8)
     otsu[slab] = multi_otsu_wm(template.t1[slab], brain[slab])
     scores["otsu_dice"] = dice(otsu, reference, region)
@@ -117,11 +121,14 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--write", action="store_true", help="write the figures into the model's card")
     args = parser.parse_args(argv)
+    from napari_diffmed.models import get_model
+
+    band = get_model(args.model or "mni_wm_seg_96", task="segmentation").card.training.get("threshold_band", (0, 1))
     rows = []
     for resolution in args.resolutions:
         for slab in slabs(resolution):
             for steps in args.steps:
-                scores = evaluate(resolution, slab, args.model, args.members, steps, args.seed)
+                scores = evaluate(resolution, slab, args.model, args.members, steps, args.seed, tuple(band))
                 rows.append({"template": f"{resolution} mm", "slices": f"{slab[0]}-{slab[-1]}", "steps": steps,
                              **scores})
                 print("  " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
@@ -146,11 +153,11 @@ def main(argv=None) -> int:
         with open(args.json, "w") as fh:
             json.dump([{k: v for k, v in r.items() if k != "voxels"} for r in rows], fh, indent=2, default=float)
     if args.write:
-        print(f"wrote {write_card_metrics(args.model or 'mni_wm_seg_96', card_metrics(rows, args))}")
+        print(f"wrote {write_card_metrics(args.model or 'mni_wm_seg_96', card_metrics(rows, args, band))}")
     return 0
 
 
-def card_metrics(rows: list[dict], args) -> dict:
+def card_metrics(rows: list[dict], args, band) -> dict:
     """The card's ``segmentation`` and ``evaluation`` sections from the rows of one step count."""
     from napari_diffmed.models import get_model
 
@@ -163,7 +170,8 @@ def card_metrics(rows: list[dict], args) -> dict:
     mean.update({f"pooled_{k}": round(float(v), 3) for k, v in pooled(rows).items()})
     loaded = get_model(args.model or "mni_wm_seg_96", task="segmentation")
     return {
-        "segmentation": {"reference": "MNI152 white-matter probability map > 0.5 (ECE against the map itself)",
+        "segmentation": {"reference": "MNI152 white-matter probability map > 0.5 (ECE against the map through "
+                                      f"the training's threshold band {list(band)})",
                          "members": args.members, "steps": args.steps[0], "scheduler": "ddim", "seed": args.seed,
                          "slabs": slabs, "mean": mean},
         "held_out_loss": loaded.card.training.get("held_out_loss"),  # the training loop's, in its own target's units

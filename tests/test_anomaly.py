@@ -84,8 +84,8 @@ def test_progress_counts_planned_calls_and_previews_on_input_grid(tiny_image_mod
 
 
 def test_unguided_comparison_decodes_twice_with_the_same_noise(tiny_image_model, small_volume, monkeypatch):
-    """compare='unguided': the map is |healthy - unguided| of two decodings of one noised scan, which are
-    equal (a zero map) when the guidance has nothing to pull; compare='scan' is |healthy - scan|."""
+    """compare='unguided': two decodings of one noised scan, which are equal (a zero map) when the
+    guidance has nothing to pull; compare='scan' is |healthy - scan|."""
     from napari_diffmed.models import get_model
 
     scan, spacing = small_volume.image, small_volume.spacing
@@ -105,6 +105,19 @@ def test_unguided_comparison_decodes_twice_with_the_same_noise(tiny_image_model,
     monkeypatch.setattr(anomaly, "_conditioning", lambda card, cfg, n, device: 2 * (Conditioning(
         labels=torch.full((n,), card.null_class), null_class=card.null_class, guidance_scale=0.0),))
     assert run().heatmap.max() == 0
+
+
+def test_the_unguided_map_keeps_only_what_the_guidance_takes_away_from_the_scan():
+    """Errors both decodings make cancel; a healthy decoding pulled away from the scan scores the extra
+    distance; one that the guidance brings closer to the scan scores 0; without a twin, |scan - healthy| / 2."""
+    from napari_diffmed.anomaly import residual
+
+    scan = np.zeros(5, np.float32)
+    unguided = np.array([0.2, -0.2, 0.0, 0.4, 0.1], np.float32)
+    healthy = np.array([0.2, -0.6, 0.5, 0.1, -0.1], np.float32)
+    np.testing.assert_allclose(residual(scan, healthy, unguided), [0.0, 0.2, 0.25, 0.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(residual(scan, healthy), np.abs(healthy) / 2)
+    assert residual(scan, unguided, unguided).max() == 0
 
 
 def test_rethresholding_makes_no_model_call(tiny_image_model, small_volume):
@@ -152,11 +165,38 @@ def test_foreground_mask_finds_the_brain(small_volume):
 @pytest.mark.parametrize("settings, match", [
     ({"method": "median"}, "method"), ({"level": 0}, "level"), ({"depth": 1000}, "depth"),
     ({"guidance": -1.0}, "guidance"), ({"reconstructions": 0}, "reconstructions"), ({"smoothing": -2.0}, "smoothing"),
-    ({"colour": "red"}, "unknown settings"),
+    ({"colour": "red"}, "unknown settings"), ({"negative": "tumour"}, "negative"), ({"negative": "healthy"}, "negative"),
 ])
 def test_bad_settings_name_the_value(tiny_image_model, small_volume, settings, match):
     with pytest.raises(ValueError, match=match):
         anomaly_map(small_volume.image, small_volume.spacing, model=tiny_image_model, **settings)
+
+
+def test_the_guidance_pushes_away_from_the_lesion_class_by_default(tiny_image_model, tiny_volume_model, small_volume,
+                                                                   monkeypatch):
+    """negative='auto' contrasts healthy with the card's 'lesion' class (a negative prompt), 'none' with the
+    null class; an unconditional model has neither; the class used is in the provenance."""
+    import napari_diffmed.anomaly as anomaly
+    from napari_diffmed.anomaly import negative_class
+    from napari_diffmed.models import get_model
+
+    card = get_model(tiny_image_model).card
+    assert negative_class(card) == card.class_index("lesion") and negative_class(card, "lesion") == 1
+    assert negative_class(card, "none") == card.null_class
+    assert negative_class(get_model(tiny_volume_model).card) is None
+    seen = []  # the (guided, twin) conditionings of each run
+    original = anomaly._conditioning
+    monkeypatch.setattr(anomaly, "_conditioning", lambda *a: seen.append(original(*a)) or seen[-1])
+    runs, last = {}, {}
+    for neg in ("auto", "none"):
+        runs[neg] = anomaly_map(small_volume.image, small_volume.spacing, model=tiny_image_model, method="gaussian",
+                                negative=neg, seed=1, **FAST)
+        last[neg] = seen[-1]
+    (healthy_auto, twin_auto), (healthy_none, twin_none) = last["auto"], last["none"]
+    assert healthy_auto.null_class == 1 and healthy_none.null_class == card.null_class
+    assert twin_auto.null_class == twin_none.null_class == card.null_class and twin_auto.guidance_scale == 0
+    assert runs["auto"].provenance["negative_class"] == "lesion" and runs["none"].provenance["negative_class"] == "null"
+    assert not np.allclose(runs["auto"].reconstruction, runs["none"].reconstruction)
 
 
 def test_ddim_needs_a_conditional_model(tiny_volume_model, small_volume):

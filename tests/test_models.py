@@ -215,3 +215,30 @@ def test_shipped_models_load_and_say_how_they_were_made(name):
     loaded = load_model(SHIPPED_DIR / f"{name}.safetensors")
     card = loaded.card
     assert card.name == name and card.training.get("command") and card.training.get("data")
+
+
+def test_re_evaluating_some_parts_keeps_the_other_figures_of_the_same_weights(tiny_image_model, tmp_path):
+    """`evaluate NAME --parts anomaly --write` replaces the anomaly figures only; figures of other weights go."""
+    from napari_diffmed.models.card import ModelCard, sha256_file
+    from napari_diffmed.training.evaluate import write_card_metrics
+
+    weights = Path(shutil.copy(tiny_image_model, tmp_path / "tiny_image.safetensors"))
+    shutil.copy(Path(tiny_image_model).with_suffix(".json"), tmp_path / "tiny_image.json")
+    sha = sha256_file(weights)
+    full = {"synthesis": {"nn_ssim_median": 0.5}, "anomaly": {"auroc": 0.8},
+            "evaluation": {"weights_sha256": sha, "seconds": {"synthesis": 9.0, "anomaly": 3.0},
+                           "dates": {"synthesis": "d1", "anomaly": "d1"}, "date": "d1"}}
+    write_card_metrics(weights, full)
+    write_card_metrics(weights, {"anomaly": {"auroc": 0.9}, "evaluation": {
+        "weights_sha256": sha, "seconds": {"anomaly": 4.0}, "dates": {"anomaly": "d2"}, "date": "d2"}})
+    metrics = ModelCard.read(weights.with_suffix(".json")).metrics
+    assert metrics["synthesis"] == {"nn_ssim_median": 0.5} and metrics["anomaly"] == {"auroc": 0.9}
+    assert metrics["evaluation"]["seconds"] == {"synthesis": 9.0, "anomaly": 4.0}
+    assert metrics["evaluation"]["dates"] == {"synthesis": "d1", "anomaly": "d2"}
+
+    card = ModelCard.read(weights.with_suffix(".json"))  # figures recorded for other weights are dropped
+    card.metrics["evaluation"]["weights_sha256"] = "0" * 64
+    weights.with_suffix(".json").write_text(card.to_json())
+    write_card_metrics(weights, {"anomaly": {"auroc": 0.7}, "evaluation": {"weights_sha256": sha, "seconds": {}}})
+    metrics = ModelCard.read(weights.with_suffix(".json")).metrics
+    assert "synthesis" not in metrics and metrics["anomaly"] == {"auroc": 0.7}

@@ -22,7 +22,7 @@ IMAGE, SYNTH, VOLUME = "mni_t1_axial_64", "mni_t1_axial_64_v", "mni_t1_volume_32
 # slices score about 0.8.
 NN_SSIM_FLOOR = 0.4
 MEMORISED_MAX = 0.10
-AUROC_FLOOR = 0.65
+AUROC_FLOOR = 0.8  # QUICK evaluation (2 cases) of the shipped weights: ddim 0.89; card (4 cases): 0.96
 VOLUME_NN_SSIM_FLOOR = 0.35
 
 
@@ -101,8 +101,8 @@ def test_image_card_matches_a_fresh_evaluation(image_model, fresh):
     # the same fixed held-out batch, noise and timesteps: the same loss up to float rounding
     assert metrics["held_out_loss"] == pytest.approx(fresh["held_out_loss"], rel=0.02)
     new_anomaly = fresh["anomaly"]
-    # two lesion draws against the card's four: the AUROC varies by about 0.1 between draws (0.72 to 0.84 for
-    # the shipped weights), so this catches other weights or a broken evaluation, not small changes
+    # two lesion draws against the card's four: the AUROC varies by up to about 0.1 between draws (0.89 and 0.96
+    # for the shipped weights), so this catches other weights or a broken evaluation, not small changes
     assert abs(anomaly[anomaly["best_method"]]["auroc"] - new_anomaly[new_anomaly["best_method"]]["auroc"]) < 0.15
     assert 0 < metrics["inpainting"]["mae_mean_proposal"] < 0.5
 
@@ -141,7 +141,7 @@ def test_anomaly_heatmaps_find_held_out_lesions(fresh):
     anomaly = fresh["anomaly"]
     best = anomaly[anomaly["best_method"]]
     assert best["auroc"] > AUROC_FLOOR, anomaly
-    assert best["auroc"] > anomaly["median_filter"]["auroc"] + 0.02, anomaly
+    assert best["auroc"] > anomaly["median_filter"]["auroc"] + 0.2, anomaly  # clearly above the classical baseline
     assert best["auprc"] > anomaly["median_filter"]["auprc"], anomaly
 
 

@@ -10,14 +10,21 @@ with classifier-free guidance on class-conditional models):
   guided decoding (Sanchez et al. 2022). Inversion is deterministic, so with several
   reconstructions the decoding is stochastic (eta=1) to make them differ.
 
-The heatmap is |reference - reconstruction| / 2 in model units (1 = the card's whole
-normalisation range), computed on the model grid, smoothed inside the brain mask, averaged over
-the reconstructions (their variance comes with it) and mapped back onto the scan's grid. With
-``compare="unguided"`` (the default for class-conditional models) the reference is a second
-decoding of the same noised or inverted scan, with the same noise, but without the pull towards
-"healthy": the two decodings share the model's reconstruction errors, so their difference keeps
-only what the class guidance changes, the anomaly. With ``compare="scan"`` (and always for
-unconditional models or guidance 0, which have no pull to contrast) the reference is the scan.
+The guidance ``eps_neg + w * (eps_healthy - eps_neg)`` contrasts "healthy" with the ``negative``
+class, as a negative prompt does: by default the card's ``lesion`` class when it has one (the
+guidance then pushes away from what the model learned lesions look like, not only towards
+healthy), else the null class (plain classifier-free guidance).
+
+The heatmap is computed in model units (1 = the card's whole normalisation range) on the model
+grid, smoothed inside the brain mask, averaged over the reconstructions (their variance comes
+with it) and mapped back onto the scan's grid. With ``compare="unguided"`` (the default for
+class-conditional models) the same noised or inverted scan is decoded a second time, with the
+same noise, but without the pull towards "healthy"; the two decodings share the model's
+reconstruction errors, and the heatmap is how much further from the scan the healthy decoding
+lands, ``max(|scan - healthy| - |scan - unguided|, 0) / 2``: what the guidance takes away from
+the scan, the anomaly, without the errors both make or the changes that bring the healthy
+decoding closer to the scan. With ``compare="scan"`` (and always for unconditional models or
+guidance 0, which have no pull to contrast) it is ``|scan - healthy| / 2``.
 """
 
 from __future__ import annotations
@@ -57,15 +64,18 @@ class AnomalySettings:
     ``steps`` is the number of DDIM steps over the whole schedule, so a run takes about
     ``steps * level / 1000`` network calls (twice that for ddim, and another ``steps * level / 1000``
     to compare with the unguided decoding); ``compare`` is what the reconstruction is compared
-    with (see the module's docstring); ``smoothing`` is the heatmap's Gaussian sigma in mm;
+    with and ``negative`` the class the guidance contrasts with ("auto": ``lesion`` if the card has
+    it, "none": the null class, or a class name; see the module's docstring); ``smoothing`` is the
+    heatmap's Gaussian sigma in mm;
     ``batch_size`` counts model inputs per network call.
     """
 
     method: str = "ddim"
     level: int = 300
     depth: int = 300
-    guidance: float = 3.0
+    guidance: float = 5.0
     compare: str = "unguided"
+    negative: str = "auto"
     reconstructions: int = 1
     steps: int = 50
     smoothing: float = 3.0
@@ -209,8 +219,23 @@ def _load(model: "str | os.PathLike | LoadedModel | None", device: str) -> "Load
     return load_for_task(model, "image", device, "an anomaly map")
 
 
+def negative_class(card, negative: str = "auto") -> int | None:
+    """Index of the class the guidance towards ``healthy`` contrasts with (the null class for "none",
+    and for "auto" on a card without a ``lesion`` class); None for an unconditional card."""
+    if not card.conditional:
+        return None
+    if negative == "none" or (negative == "auto" and "lesion" not in card.class_names):
+        return card.null_class
+    name = "lesion" if negative == "auto" else negative
+    if name not in card.class_names or name == "healthy":
+        others = [c for c in card.class_names if c != "healthy"]
+        raise ValueError(f"negative must be 'auto', 'none' or a class of model {card.name!r} other than "
+                         f"'healthy' ({others}), got {negative!r}")
+    return card.class_index(name)
+
+
 def _conditioning(card, cfg: AnomalySettings, n: int, device) -> tuple["Conditioning", "Conditioning"]:
-    """(guided towards healthy, unconditional) conditioning for ``n`` inputs."""
+    """(guided towards healthy and away from the negative class, unconditional) conditioning for ``n`` inputs."""
     import torch
 
     from .sampling import Conditioning
@@ -221,8 +246,9 @@ def _conditioning(card, cfg: AnomalySettings, n: int, device) -> tuple["Conditio
                              "unconditional; use method 'gaussian' or 'simplex'")
         return Conditioning(), Conditioning()
     labels = torch.full((n,), card.class_index("healthy"), dtype=torch.long, device=device)
-    healthy = Conditioning(labels=labels, null_class=card.null_class, guidance_scale=float(cfg.guidance))
-    return healthy, replace(healthy, guidance_scale=0.0)
+    healthy = Conditioning(labels=labels, null_class=negative_class(card, cfg.negative),
+                           guidance_scale=float(cfg.guidance))
+    return healthy, replace(healthy, null_class=card.null_class, guidance_scale=0.0)
 
 
 def _reconstruct(net, sched, x0, noise, cfg: AnomalySettings, card, t_start: int, gen):
@@ -323,11 +349,13 @@ def iter_anomaly_map(
                 last_preview = time.perf_counter()
                 preview = _on_input(prepared, prepared.normaliser.inverse(_mean(recon)), image, fill=image)
             yield Progress(done, total, preview, phases[j])
+    neg = negative_class(card, cfg.negative)
     record = {"start_timestep": t_start, "network_calls_per_batch": per_batch, "seed": seed,
+              "negative_class": None if neg is None else dict(enumerate(card.class_names)).get(neg, "null"),
               "compared_with": "unguided decoding" if plain is not None else "scan",
               "seconds": round(time.perf_counter() - clock, 3)}
-    reference = prepared.data[None] if plain is None else plain[:, :, 0].float().cpu().numpy()
-    return _finish(image, prepared, brain, recon[:, :, 0].float().cpu().numpy(), reference, loaded, cfg, record)
+    unguided = None if plain is None else plain[:, :, 0].float().cpu().numpy()
+    return _finish(image, prepared, brain, recon[:, :, 0].float().cpu().numpy(), unguided, loaded, cfg, record)
 
 
 def _mean(recon: "torch.Tensor") -> np.ndarray:
@@ -348,6 +376,16 @@ def _model_mask(prepared, brain: np.ndarray) -> np.ndarray:
     return prepared.grid.to_model(moved, cval=0.0) > 0.5
 
 
+def residual(scan: np.ndarray, healthy: np.ndarray, unguided: np.ndarray | None = None) -> np.ndarray:
+    """The unsmoothed heatmap in model units: ``|scan - healthy| / 2``, or with an unguided twin
+    decoding, how much further from the scan the healthy one lands, ``max(|scan - healthy| -
+    |scan - unguided|, 0) / 2``."""
+    away = np.abs(scan - healthy)
+    if unguided is not None:
+        away = np.maximum(away - np.abs(scan - unguided), 0.0)
+    return away / 2
+
+
 def _smooth_inside(d: np.ndarray, mask: np.ndarray, sigma: Sequence[float]) -> np.ndarray:
     """Gaussian smoothing of ``d`` over its last axes inside ``mask`` only (normalised convolution)."""
     d = (d * mask).astype(np.float32)
@@ -358,13 +396,13 @@ def _smooth_inside(d: np.ndarray, mask: np.ndarray, sigma: Sequence[float]) -> n
     return (num / np.maximum(den, 1e-3) * mask).astype(np.float32)
 
 
-def _finish(image, prepared, brain, recon: np.ndarray, reference: np.ndarray, loaded, cfg: AnomalySettings,
+def _finish(image, prepared, brain, recon: np.ndarray, unguided: np.ndarray | None, loaded, cfg: AnomalySettings,
             record) -> AnomalyResult:
     from .provenance import provenance
 
     card = loaded.card
     brain = brain & (_on_input(prepared, np.ones(prepared.data.shape, np.float32), image, 0.0) > 0.5)  # analysed
-    heats = _smooth_inside(np.abs(recon - reference) / 2, _model_mask(prepared, brain),
+    heats = _smooth_inside(residual(prepared.data[None], recon, unguided), _model_mask(prepared, brain),
                            [cfg.smoothing / s for s in card.spacing])
     heatmap = _on_input(prepared, heats.mean(0), image, 0.0) * brain
     variance = _on_input(prepared, heats.var(0), image, 0.0) * brain if len(heats) > 1 else None
@@ -376,8 +414,8 @@ def _finish(image, prepared, brain, recon: np.ndarray, reference: np.ndarray, lo
         simplex=SIMPLEX if cfg.method == "simplex" else None, axis=prepared.axis,
         slices=[int(i) for i in prepared.indices], threshold=threshold,
         threshold_rule=f"{THRESHOLD_PERCENTILE:g}th percentile of the heatmap inside the brain mask",
-        heatmap_units=f"|{record['compared_with']} - reconstruction| "
-                      "as a fraction of the intensity normalisation range",
+        heatmap_units=("max(|scan - reconstruction| - |scan - unguided decoding|, 0)" if unguided is not None
+                       else "|scan - reconstruction|") + " / 2 in the card's normalised intensities (1 = their range)",
     )
     return AnomalyResult(heatmap.astype(np.float32), pseudo.astype(np.float32),
                          None if variance is None else variance.astype(np.float32), brain, threshold, prov)

@@ -42,6 +42,9 @@ class AnomalyWidget(Container):
         self.compare = ComboBox(label="compare with", choices=list(COMPARES), value=DEFAULTS.compare,
                                 tooltip="unguided: the same decoding without the pull towards 'healthy' (cancels "
                                         "the model's own reconstruction errors); scan: the scan itself")
+        self.negative = ComboBox(label="away from", choices=["auto", "none"], value=DEFAULTS.negative,
+                                 tooltip="auto: the guidance also pushes away from the model's 'lesion' class "
+                                         "(when it has one); none: plain classifier-free guidance")
         self.reconstructions = SpinBox(label="reconstructions", min=1, max=LIMITS["reconstructions"][1],
                                        value=DEFAULTS.reconstructions)
         self.steps = SpinBox(label="DDIM steps", min=1, max=1000, value=DEFAULTS.steps)
@@ -57,7 +60,7 @@ class AnomalyWidget(Container):
         self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.001, value=0.0, enabled=False)
         self.metrics = Label(value="")
         self.extend([self.image, self.model, self.model_file, self.method, self.level, self.depth, self.guidance,
-                     self.compare, self.reconstructions, self.steps, self.smoothing, self.seed, self.slices,
+                     self.compare, self.negative, self.reconstructions, self.steps, self.smoothing, self.seed, self.slices,
                      self.reference, self.device,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.progress, self.status, self.threshold, self.metrics])
@@ -100,7 +103,7 @@ class AnomalyWidget(Container):
         """The widget's values as :class:`AnomalySettings` fields."""
         chosen = {"depth": self.depth.value} if self.method.value == "ddim" else {"level": self.level.value}
         return dict(method=self.method.value, guidance=float(self.guidance.value), compare=self.compare.value,
-                    steps=self.steps.value,
+                    negative=self.negative.value, steps=self.steps.value,
                     reconstructions=self.reconstructions.value, smoothing=float(self.smoothing.value),
                     seed=self.seed.value, device=self.device.value, **chosen)
 

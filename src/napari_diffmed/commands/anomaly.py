@@ -26,6 +26,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--compare", choices=COMPARES, default=DEFAULTS.compare,
                    help="what the healthy reconstruction is compared with: the same decoding without guidance "
                         f"(cancels the model's own reconstruction errors) or the scan (default {DEFAULTS.compare})")
+    p.add_argument("--negative", default=DEFAULTS.negative,
+                   help="the class the guidance pushes away from: auto (the model's 'lesion' class if it has one), "
+                        f"none (the unconditional model) or a class name (default {DEFAULTS.negative})")
     p.add_argument("--reconstructions", type=int, default=DEFAULTS.reconstructions,
                    help="average the heatmap over this many reconstructions (and write their variance)")
     p.add_argument("--steps", type=int, default=DEFAULTS.steps, help="DDIM steps over the whole schedule")
@@ -64,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     existing = [str(p) for p in [*paths.values(), sidecar] if p.exists()]
     if existing and not args.overwrite:
         raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite to replace them")
-    settings = dict(method=args.method, guidance=args.guidance, compare=args.compare, reconstructions=k,
+    settings = dict(method=args.method, guidance=args.guidance, compare=args.compare, negative=args.negative,
+                    reconstructions=k,
                     steps=args.steps,
                     smoothing=args.smoothing, seed=args.seed, device=args.device,
                     **({"depth": args.depth} if args.method == "ddim" else {"level": args.level}))

@@ -57,13 +57,25 @@ def template_volume(template: Template, image_size: tuple[int, int, int], spacin
     return GridData(image[None], None, np.zeros(1, dtype=bool), tuple(spacing))
 
 
-def random_threshold_field(shape: tuple[int, ...], rng: np.random.Generator, smooth: float = 6.0) -> np.ndarray:
-    """A smooth random field with uniform marginals on (0, 1): ``p > u`` then has mean ``p``."""
+def random_threshold_field(shape: tuple[int, ...], rng: np.random.Generator, smooth: float = 6.0,
+                           band: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """A smooth random field with uniform marginals on ``band``: ``p > u`` then has mean
+    ``clip((p - low) / (high - low), 0, 1)``, which is ``p`` itself for the band (0, 1)."""
     from scipy.special import ndtr
 
+    low, high = band
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"the threshold band must satisfy 0 <= low < high <= 1, got {band}")
     field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=smooth, mode="wrap")
     field /= field.std() + 1e-8
-    return ndtr(field).astype(np.float32)
+    return (low + (high - low) * ndtr(field)).astype(np.float32)
+
+
+def member_probability(prob: np.ndarray, band: "tuple[float, float] | list[float]" = (0.0, 1.0)) -> np.ndarray:
+    """The chance that a mask drawn with :func:`random_threshold_field` on ``band`` covers a voxel of
+    probability ``prob``: what a calibrated ensemble's mean estimates."""
+    low, high = band
+    return np.clip((np.asarray(prob, dtype=np.float32) - low) / (high - low), 0.0, 1.0)
 
 
 class Batches:
@@ -72,11 +84,14 @@ class Batches:
     ``kind="image"`` yields ``(x, labels)`` with planted lesions on half of the
     draws (class 1) when ``lesion_prob > 0``; ``kind="segmentation"`` yields
     ``(mask, image)`` where the mask is the probability map thresholded by a
-    smooth uniform random field, so the ensemble mean is calibrated to it.
+    smooth random field uniform on ``threshold_band``: with (0, 1) the ensemble mean
+    is calibrated to the map; a narrower band around 0.5 makes the members agree
+    outside it, so a few members give a steadier consensus of ``map > 0.5``.
     """
 
     def __init__(self, data: GridData, batch_size: int, kind: str = "image", lesion_prob: float = 0.0,
-                 style: LesionStyle = TRAIN_STYLE, seed: int = 0, augment: bool = True) -> None:
+                 style: LesionStyle = TRAIN_STYLE, seed: int = 0, augment: bool = True,
+                 threshold_band: tuple[float, float] = (0.0, 1.0)) -> None:
         if kind not in ("image", "segmentation"):
             raise ValueError(f"kind must be 'image' or 'segmentation', got {kind!r}")
         if kind == "segmentation" and data.probs is None:
@@ -84,7 +99,7 @@ class Batches:
         if len(data.images) == 0:
             raise ValueError("no training images")
         self.data, self.batch_size, self.kind = data, batch_size, kind
-        self.lesion_prob, self.style = lesion_prob, style
+        self.lesion_prob, self.style, self.threshold_band = lesion_prob, style, tuple(threshold_band)
         self.rng = np.random.default_rng(seed)
         dims = data.images.ndim - 1
         keys = ("image", "prob") if kind == "segmentation" else ("image",)
@@ -100,7 +115,7 @@ class Batches:
         image = np.clip(np.asarray(item["image"], dtype=np.float32)[0], 0, 1)
         if self.kind == "segmentation":
             prob = np.clip(np.asarray(item["prob"], dtype=np.float32)[0], 0, 1)
-            mask = prob > random_threshold_field(prob.shape, self.rng)
+            mask = prob > random_threshold_field(prob.shape, self.rng, band=self.threshold_band)
             return mask.astype(np.float32) * 2 - 1, image * 2 - 1
         label = 0
         if self.lesion_prob > 0 and self.rng.random() < self.lesion_prob:

@@ -244,18 +244,20 @@ def evaluate_image_model(
             out["inpainting"] = inpainting_part(loaded, s, dev)
         seconds[part] = round(time.perf_counter() - start, 1)
         log(f"{card.name}: {part} done in {seconds[part]:.0f} s")
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
     out["evaluation"] = {
         "model_id": loaded.model_id, "weights_sha256": card.weights_sha256,
         "training_steps": card.training.get("steps"), "quick": bool(quick), "settings": asdict(s),
-        "data": description, "device": dev, "seconds": seconds,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+        "data": description, "device": dev, "seconds": seconds, "dates": {part: date for part in parts},
+        "date": date,
         "command": f"python -m napari_diffmed.training.evaluate {card.name}{' --quick' if quick else ''} --write",
     }
     return _plain(out)
 
 
 def write_card_metrics(weights_path: str | os.PathLike, metrics: dict[str, Any]) -> Path:
-    """Rewrite ``NAME.json`` atomically with ``metrics`` (other metrics kept, earlier evaluations replaced).
+    """Rewrite ``NAME.json`` atomically with ``metrics``: the sections it has replace the card's; the others
+    stay when the card's evaluation is of the same weights (a re-run of some parts), and go otherwise.
 
     Refuses when the weights no longer match the card, or the metrics are of other weights.
     """
@@ -273,8 +275,15 @@ def write_card_metrics(weights_path: str | os.PathLike, metrics: dict[str, Any])
     evaluated = metrics.get("evaluation", {}).get("weights_sha256")
     if evaluated not in (None, actual):
         raise ValueError(f"these metrics are of weights {evaluated[:12]}..., not of {weights.name} ({actual[:12]}...)")
-    kept = {k: v for k, v in card.metrics.items() if k not in SECTIONS}
-    card.metrics = {**kept, **_plain(metrics)}
+    new = _plain(metrics)
+    earlier = card.metrics.get("evaluation", {})
+    if earlier.get("weights_sha256") == actual and "evaluation" in new:  # a partial re-evaluation: merge
+        kept = {k: v for k, v in card.metrics.items() if k not in new}
+        timings = {key: {**earlier.get(key, {}), **new["evaluation"].get(key, {})} for key in ("seconds", "dates")}
+        new["evaluation"] = {**earlier, **new["evaluation"], **timings}
+    else:
+        kept = {k: v for k, v in card.metrics.items() if k not in SECTIONS}
+    card.metrics = {**kept, **new}
     card.validate()
     _atomic_write(card_file, lambda tmp: Path(tmp).write_text(card.to_json()))
     return card_file

@@ -22,6 +22,7 @@ class Recipe:
     config: TrainConfig
     lesion_prob: float = 0.0
     init: str | None = None  # the model it fine-tunes (a registry name), when it is not trained from scratch
+    threshold_band: tuple[float, float] = (0.0, 1.0)  # segmentation masks: see datasets.Batches
 
 
 def _t1_slice_card(prediction_type: str = "epsilon") -> ModelCard:
@@ -60,7 +61,9 @@ def _wm_seg_card() -> ModelCard:
         description="White-matter segmentation of axial T1 slices (2 mm, 96x96) in the style of Wolleb et al. "
                     "2022: the image is concatenated to the noisy mask, and the network predicts the clean mask (x0), "
                     "which trains faster than noise prediction; masks are the MNI152 white-matter "
-                    "probability map thresholded by a smooth uniform random field.",
+                    "probability map thresholded by a smooth random field uniform on [0.3, 0.7], so members "
+                    "disagree where the probability is between 0.3 and 0.7 and a majority of 8 is a steady "
+                    "estimate of probability > 0.5.",
     )
 
 
@@ -87,7 +90,8 @@ RECIPES: dict[str, Recipe] = {
     ),
     "mni_wm_seg_96": Recipe(
         _wm_seg_card, lambda: template_slices(load_mni152(1), (96, 96), (2.0, 2.0), prob="wm"), "segmentation",
-        TrainConfig(steps=2000, batch_size=12, lr=3e-4, checkpoint_every=100, val_every=250),
+        TrainConfig(steps=2400, batch_size=12, lr=3e-4, checkpoint_every=100, val_every=250),
+        threshold_band=(0.3, 0.7),
     ),
     "mni_t1_volume_32": Recipe(
         _t1_volume_card, lambda: template_volume(load_mni152(1), (32, 40, 32), (5.0, 5.0, 5.0)), "image",
@@ -108,18 +112,22 @@ def train_default(name: str, out_dir: str | Path, steps: int | None = None, resu
     data = recipe.data()
     train_data = data.split(held_out=False) if data.held_out.any() else data
     held = data.split(held_out=True) if data.held_out.any() else data
-    batches = Batches(train_data, config.batch_size, recipe.kind, recipe.lesion_prob, seed=config.seed)
+    batches = Batches(train_data, config.batch_size, recipe.kind, recipe.lesion_prob, seed=config.seed,
+                      threshold_band=recipe.threshold_band)
     val = next(Batches(held, min(32, 4 * config.batch_size), recipe.kind, recipe.lesion_prob,
-                       seed=config.seed + 1, augment=False))
+                       seed=config.seed + 1, augment=False, threshold_band=recipe.threshold_band))
     card = recipe.card()
     card.training = {
         "command": f"napari-diffmed train --recipe {name} --steps {config.steps} --out {out_dir}"
                    + (f" --init {init}" if init is not None else ""),
         "data": "nilearn MNI152 2009a symmetric templates (T1"
-                + (", white-matter probability)" if recipe.kind == "segmentation" else ")")
+                + (f", white-matter probability thresholded by a smooth field uniform on {list(recipe.threshold_band)})"
+                   if recipe.kind == "segmentation" else ")")
                 + ("; procedural lesions (training style)" if recipe.lesion_prob else ""),
         "held_out": "axial slabs: (slice // 12) % 6 == 3 of the slices on the 1 mm template"
         if data.held_out.any() else "none (single volume)",
         "train_items": int(len(train_data.images)), "held_out_items": int(len(held.images)),
     }
+    if recipe.kind == "segmentation":
+        card.training["threshold_band"] = list(recipe.threshold_band)
     return train(card, batches, val, config, Path(out_dir) / name, resume=resume, log=log, init=init)

@@ -240,3 +240,24 @@ def test_the_v_recipe_starts_from_the_shipped_noise_model_and_records_its_comman
     assert seen["card"].training["command"].endswith("--init mni_t1_axial_64")
     recipes.train_default("mni_t1_axial_64", tmp_path, steps=5, log=lambda m: None)
     assert seen["init"] is None and seen["card"].prediction_type == "epsilon"  # trained from scratch
+
+
+@pytest.mark.parametrize("band", [(0.0, 1.0), (0.3, 0.7)])
+def test_segmentation_masks_cover_a_voxel_as_often_as_member_probability_says(band):
+    """Masks are the probability map thresholded by a smooth field uniform on the band: over many draws a voxel
+    of probability p is covered with chance clip((p - low) / (high - low)), which the evaluation's calibration
+    uses; a band around 0.5 makes masks agree outside it."""
+    from napari_diffmed.training.datasets import member_probability, random_threshold_field
+
+    rng = np.random.default_rng(0)
+    fields = np.stack([random_threshold_field((96, 96), rng, band=band) for _ in range(200)])
+    assert band[0] <= fields.min() and fields.max() <= band[1]
+    prob = rng.permutation(np.linspace(0, 1, 96 * 96, dtype=np.float32)).reshape(96, 96)  # each tenth everywhere
+    covered = (prob > fields).mean(axis=0)
+    bins = np.minimum((prob * 10).astype(int), 9)  # compare per tenth of the probability range
+    for b in range(10):
+        assert abs(covered[bins == b].mean() - member_probability(prob[bins == b], band).mean()) < 0.03, b
+    if band == (0.3, 0.7):
+        assert covered[prob < 0.3].max() == 0 and covered[prob > 0.7].min() == 1
+    with pytest.raises(ValueError, match="band"):
+        random_threshold_field((8, 8), rng, band=(0.6, 0.4))

@@ -60,8 +60,8 @@ class AnomalyWidget(Container):
         self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.001, value=0.0, enabled=False)
         self.metrics = Label(value="")
         self.extend([self.image, self.model, self.model_file, self.method, self.level, self.depth, self.guidance,
-                     self.compare, self.negative, self.reconstructions, self.steps, self.smoothing, self.seed, self.slices,
-                     self.reference, self.device,
+                     self.compare, self.negative, self.reconstructions, self.steps, self.smoothing, self.seed,
+                     self.slices, self.reference, self.device,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.progress, self.status, self.threshold, self.metrics])
         self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)

@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
                         f"(cancels the model's own reconstruction errors) or the scan (default {DEFAULTS.compare})")
     p.add_argument("--negative", default=DEFAULTS.negative,
                    help="the class the guidance pushes away from: auto (the model's 'lesion' class if it has one), "
-                        f"none (the unconditional model) or a class name (default {DEFAULTS.negative})")
+                        f"none (the null class: plain classifier-free guidance) or a class name (default {DEFAULTS.negative})")
     p.add_argument("--reconstructions", type=int, default=DEFAULTS.reconstructions,
                    help="average the heatmap over this many reconstructions (and write their variance)")
     p.add_argument("--steps", type=int, default=DEFAULTS.steps, help="DDIM steps over the whole schedule")

@@ -124,7 +124,8 @@ def test_cli_trains_resumes_and_records_the_card(tmp_path, capsys):
 
     folder = _write_folder(tmp_path / "data")
     out = tmp_path / "models"
-    assert _train(out, folder, "--task", "segmentation", "--name", "seg", "--steps", 4, "--checkpoint-every", 2) == 0
+    assert _train(out, folder, "--task", "segmentation", "--name", "seg", "--steps", 4, "--checkpoint-every", 2,
+                  "--threshold-band", 0.3, 0.7) == 0
     printed = capsys.readouterr().out
     assert "held out: sub" in printed and "wrote" in printed
     loaded = load_model(out / "seg.safetensors")
@@ -135,6 +136,11 @@ def test_cli_trains_resumes_and_records_the_card(tmp_path, capsys):
     assert np.isfinite(card.metrics["train_loss"]) and card.metrics["held_out_loss"] is not None
     recorded = build_parser().parse_args(shlex.split(card.training["command"])[1:])  # the command reproduces it
     assert (recorded.data, recorded.name, recorded.steps, recorded.channels) == (folder, "seg", 4, [8, 16])
+    assert recorded.threshold_band == card.training["threshold_band"] == [0.3, 0.7]
+    for band, reason in (((0.7, 0.3), "low < high"), ((0.3, 0.7), "applies to segmentation masks")):
+        task = "segmentation" if band[0] > band[1] else "image"
+        assert _train(out, folder, "--task", task, "--name", "bad", "--steps", 1, "--threshold-band", *band) == 2
+        assert reason in capsys.readouterr().err and not (out / "bad.safetensors").exists()
 
     assert _train(out, folder, "--task", "segmentation", "--name", "seg", "--steps", 4) == 2
     assert "exists" in capsys.readouterr().err

@@ -10,7 +10,7 @@ from ..models.card import PREDICTION_TYPES
 
 # Options that only make sense with --data; with --recipe the recipe fixes them (so its card's command reproduces it).
 FOLDER_ONLY = ("task", "dims", "image_size", "spacing", "classes", "labels", "name", "channels", "prediction",
-               "held_out",
+               "held_out", "threshold_band",
                "batch_size", "lr", "grad_accum", "checkpoint_every", "seed")
 DEFAULT_SIZE = {2: ([64, 64], [3.0, 3.0]), 3: ([32, 40, 32], [5.0, 5.0, 5.0])}
 
@@ -44,6 +44,10 @@ def add_parser(subparsers) -> None:
                    help="UNet channels per level (default 32 64 64)")
     g.add_argument("--prediction", choices=PREDICTION_TYPES, default=None,
                    help="what the network predicts: the noise (epsilon, default), the clean image (sample) or v")
+    g.add_argument("--threshold-band", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="segmentation: each draw thresholds the probability masks with a smooth field uniform on "
+                        "[LOW, HIGH]; 0 1 (default) keeps the ensemble mean calibrated to the masks, 0.3 0.7 (the "
+                        "shipped model's) makes a majority of a few members steadier")
     g.add_argument("--held-out", type=float, default=None, help="fraction of subjects held out (default 0.2)")
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, default=None, help="optimiser steps (default: recipe's, or 1000)")
@@ -118,6 +122,7 @@ def run_folder(args: argparse.Namespace) -> int:
         classes=args.classes, labels_csv=args.labels, channels=args.channels or (32, 64, 64),
         held_out=0.2 if args.held_out is None else args.held_out, config=config, resume=args.resume,
         overwrite=args.overwrite, log=_log(args.quiet), init=args.init, prediction_type=args.prediction or "epsilon",
+        threshold_band=tuple(args.threshold_band or (0.0, 1.0)),
     )
     return 0
 

@@ -81,13 +81,15 @@ def folder_card(
 
 
 def _command(folder, out, name, task, dims, image_size, spacing, classes, labels_csv, channels, held_out,
-             config: TrainConfig, prediction_type: str) -> str:
+             config: TrainConfig, prediction_type: str, threshold_band: tuple[float, float]) -> str:
     parts = ["napari-diffmed", "train", "--data", str(folder), "--task", task, "--dims", str(dims),
              "--image-size", *map(str, image_size), "--spacing", *(f"{s:g}" for s in spacing)]
     if classes and labels_csv is None:
         parts += ["--classes", *classes]
     if labels_csv is not None:
         parts += ["--labels", str(labels_csv)]
+    if task == "segmentation":
+        parts += ["--threshold-band", *(f"{b:g}" for b in threshold_band)]
     parts += ["--name", name, "--channels", *map(str, channels), "--prediction", prediction_type,
               "--held-out", f"{held_out:g}",
               "--steps", str(config.steps), "--batch-size", str(config.batch_size), "--lr", f"{config.lr:g}",
@@ -101,6 +103,7 @@ def train_on_folder(
     channels: Sequence[int] = (32, 64, 64), held_out: float = 0.2, config: TrainConfig | None = None,
     resume: bool = False, overwrite: bool = False, log: Callable[[str], None] = print,
     init: str | Path | None = None, prediction_type: str = "epsilon",
+    threshold_band: tuple[float, float] = (0.0, 1.0),
 ) -> TrainResult:
     """Train a 2D (``len(image_size) == 2``) or 3D model on the NIfTI files in ``folder``.
 
@@ -108,9 +111,16 @@ def train_on_folder(
     state beside them (``NAME.resume.*``). ``resume=True`` continues from it; ``init``
     starts from another model's weights of the same network (fine-tuning). ``prediction_type`` is
     what the network learns to predict: ``epsilon``, ``sample`` (x0) or ``v_prediction``.
+    ``threshold_band`` (segmentation): masks are the probability masks thresholded by a smooth field
+    uniform on it (see :class:`~.datasets.Batches`); (0, 1) keeps the ensemble mean calibrated to them.
     """
     config = config or TrainConfig()
     folder, out = Path(folder), Path(out)
+    threshold_band = (float(threshold_band[0]), float(threshold_band[1]))
+    if not 0.0 <= threshold_band[0] < threshold_band[1] <= 1.0:
+        raise ValueError(f"the threshold band must satisfy 0 <= low < high <= 1, got {list(threshold_band)}")
+    if task != "segmentation" and threshold_band != (0.0, 1.0):
+        raise ValueError("a threshold band applies to segmentation masks; this is an image model")
     dims = len(image_size)
     items, classes = scan_folder(folder, task, classes, labels_csv)
     card = folder_card(name, task, image_size, spacing, channels, classes,
@@ -125,12 +135,12 @@ def train_on_folder(
     if len(train_data.images) == 0:
         raise ValueError("no training images left after holding out subjects; lower --held-out")
     held_data = data.split(held_out=True) if data.held_out.any() else None
-    batches, val = _batches(train_data, held_data, task, bool(classes), config)
+    batches, val = _batches(train_data, held_data, task, bool(classes), config, threshold_band)
     files = [f for it in items for f in (it.image, it.mask) if f is not None]
     files += [Path(labels_csv)] if labels_csv is not None else []
     unit = "slices" if dims == 2 else "volumes"
     command = _command(folder, out, name, task, dims, image_size, spacing, classes, labels_csv, channels, held_out,
-                       config, prediction_type)
+                       config, prediction_type, threshold_band)
     card.training = {
         "command": command + (f" --init {shlex.quote(str(init))}" if init is not None else ""),
         "data": f"{len(items)} NIfTI images" + (" with masks" if task == "segmentation" else "") + f" in {folder}"
@@ -140,6 +150,8 @@ def train_on_folder(
         "train_items": int(len(train_data.images)),
         "held_out_items": int(0 if held_data is None else len(held_data.images)),
     }
+    if task == "segmentation":
+        card.training["threshold_band"] = list(threshold_band)
     log(f"training {name} ({task}, {dims}D {list(image_size)} at {list(spacing)} mm) on {card.training['train_items']} "
         f"{unit}, {card.training['held_out_items']} held out; {config.steps} steps of batch {config.batch_size}")
     state = train(card, batches, val, config, weights, resume=resume, log=log, init=init)
@@ -150,7 +162,8 @@ def train_on_folder(
     return TrainResult(weights, card, state)
 
 
-def _batches(train_data, held_data, task: str, conditional: bool, config: TrainConfig):
+def _batches(train_data, held_data, task: str, conditional: bool, config: TrainConfig,
+             threshold_band: tuple[float, float] = (0.0, 1.0)):
     from .datasets import Batches
 
     val_size = min(32, 4 * config.batch_size)
@@ -158,9 +171,9 @@ def _batches(train_data, held_data, task: str, conditional: bool, config: TrainC
         batches = LabelledBatches(train_data, config.batch_size, seed=config.seed)
         val = None if held_data is None else next(LabelledBatches(held_data, val_size, config.seed + 1, augment=False))
     else:
-        batches = Batches(train_data, config.batch_size, task, seed=config.seed)
+        batches = Batches(train_data, config.batch_size, task, seed=config.seed, threshold_band=threshold_band)
         val = None if held_data is None else next(Batches(held_data, val_size, task, seed=config.seed + 1,
-                                                          augment=False))
+                                                          augment=False, threshold_band=threshold_band))
     return batches, val
 
 

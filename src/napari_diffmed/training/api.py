@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..models.card import ModelCard
+from .datasets import check_band
 from .folders import LabelledBatches, held_out_subjects, load_folder, scan_folder
 from .loop import TrainConfig, TrainState, _state_paths, train
 from .recipes import SCHEDULER
@@ -116,9 +117,7 @@ def train_on_folder(
     """
     config = config or TrainConfig()
     folder, out = Path(folder), Path(out)
-    threshold_band = (float(threshold_band[0]), float(threshold_band[1]))
-    if not 0.0 <= threshold_band[0] < threshold_band[1] <= 1.0:
-        raise ValueError(f"the threshold band must satisfy 0 <= low < high <= 1, got {list(threshold_band)}")
+    threshold_band = check_band(threshold_band)
     if task != "segmentation" and threshold_band != (0.0, 1.0):
         raise ValueError("a threshold band applies to segmentation masks; this is an image model")
     dims = len(image_size)

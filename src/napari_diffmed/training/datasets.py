@@ -57,15 +57,21 @@ def template_volume(template: Template, image_size: tuple[int, int, int], spacin
     return GridData(image[None], None, np.zeros(1, dtype=bool), tuple(spacing))
 
 
+def check_band(band: "tuple[float, float] | list[float]") -> tuple[float, float]:
+    """``(low, high)`` as floats, or ValueError unless ``0 <= low < high <= 1``."""
+    low, high = (float(b) for b in band)
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"the threshold band must satisfy 0 <= low < high <= 1, got {list(band)}")
+    return low, high
+
+
 def random_threshold_field(shape: tuple[int, ...], rng: np.random.Generator, smooth: float = 6.0,
                            band: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """A smooth random field with uniform marginals on ``band``: ``p > u`` then has mean
     ``clip((p - low) / (high - low), 0, 1)``, which is ``p`` itself for the band (0, 1)."""
     from scipy.special import ndtr
 
-    low, high = band
-    if not 0.0 <= low < high <= 1.0:
-        raise ValueError(f"the threshold band must satisfy 0 <= low < high <= 1, got {band}")
+    low, high = check_band(band)
     field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=smooth, mode="wrap")
     field /= field.std() + 1e-8
     return (low + (high - low) * ndtr(field)).astype(np.float32)

@@ -105,7 +105,7 @@ class Batches:
         if len(data.images) == 0:
             raise ValueError("no training images")
         self.data, self.batch_size, self.kind = data, batch_size, kind
-        self.lesion_prob, self.style, self.threshold_band = lesion_prob, style, tuple(threshold_band)
+        self.lesion_prob, self.style, self.threshold_band = lesion_prob, style, check_band(threshold_band)
         self.rng = np.random.default_rng(seed)
         dims = data.images.ndim - 1
         keys = ("image", "prob") if kind == "segmentation" else ("image",)

@@ -17,7 +17,7 @@ _LAZY = {
     "segment_ensemble": "ensemble", "iter_segment_ensemble": "ensemble",
     "inpaint": "inpainting", "iter_inpaint": "inpainting",
     "anomaly_map": "anomaly", "iter_anomaly_map": "anomaly",
-    "read_nifti": "io", "write_nifti": "io",
+    "read_nifti": "io", "write_nifti": "io", "read_scan": "io",
     "list_models": "models", "get_model": "models", "load_model": "models", "save_model": "models",
     "ModelCard": "models", "select_device": "device",
 }

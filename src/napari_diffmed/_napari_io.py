@@ -1,4 +1,4 @@
-"""npe2 reader and writers: NIfTI files as napari layers in physical (RAS, mm) space.
+"""npe2 reader and writers: NIfTI files and DICOM series as napari layers in physical (RAS, mm) space.
 
 The work is done by :mod:`napari_diffmed.io`; this module only adapts it to the
 npe2 signatures.
@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .dicom import looks_like_dicom, read_dicom
 from .io import NIFTI_SUFFIXES, image_to_layer_data, is_nifti, read_nifti, write_nifti
 
 LayerData = tuple[Any, dict, str]
@@ -41,22 +42,52 @@ def _paths(path: Any) -> list[str] | None:
 
 
 def get_reader(path: PathOrPaths) -> Callable[[PathOrPaths], list[LayerData]] | None:
-    """npe2 reader contribution: a reader for .nii/.nii.gz paths, None for anything else (never raises)."""
+    """npe2 reader contribution: NIfTI files, DICOM folders and files; None for anything else (never raises)."""
     try:
-        return read_layers if _paths(path) else None
+        return read_layers if _paths(path) or _dicom_paths(path) else None
     except Exception:  # a reader hook must not break napari's search for another reader
         return None
 
 
+def _dicom_paths(path: Any) -> list[str] | None:
+    """A DICOM series folder or file, or several DICOM files (one series), else None."""
+    items = [path] if isinstance(path, (str, os.PathLike)) else path
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(p, (str, os.PathLike)) for p in items):
+        return None
+    paths = [os.fspath(p) for p in items]
+    if (len(paths) > 1 and any(os.path.isdir(p) for p in paths)) or not all(looks_like_dicom(p) for p in paths):
+        return None
+    return paths
+
+
 def read_layers(path: PathOrPaths) -> list[LayerData]:
-    """Read one NIfTI file, or several of one grid stacked along a new leading axis (napari's ``stack=True``)."""
+    """Read one NIfTI file, or several of one grid stacked along a new leading axis (napari's ``stack=True``);
+    or one DICOM series (a folder, a file, or the files of one series), shown the way readers of scans expect."""
+    dicom = None if _paths(path) else _dicom_paths(path)
+    if dicom is not None:
+        data, kwargs, kind = read_dicom(dicom if len(dicom) > 1 else dicom[0])
+        layers = [(data, {**kwargs, "colormap": "gray"} if kind == "image" else kwargs, kind)]
+        show_as_readers_expect()
+        return layers
     paths = _paths(path)
     if paths is None:
-        raise ValueError(f"{path!r}: napari-diffmed reads only .nii and .nii.gz files")
+        raise ValueError(f"{path!r}: napari-diffmed reads only .nii/.nii.gz files and DICOM series")
     layers = [_layer(p) for p in paths]
+    show_as_readers_expect()
     if len(layers) == 1:
         return layers
     return [_stack(paths, layers)]
+
+
+def show_as_readers_expect() -> None:
+    """Orient the current viewer's planes as scans are read (anterior/superior up; once, not over a user's choice)."""
+    import napari
+
+    viewer = napari.current_viewer()
+    if viewer is not None:
+        from ._qt.orientation import guide_for
+
+        guide_for(viewer)
 
 
 def _layer(path: str) -> LayerData:

@@ -1,4 +1,4 @@
-"""NIfTI <-> napari layer data, true to physical space.
+"""NIfTI (and, through :mod:`.dicom`, DICOM) <-> napari layer data, true to physical space.
 
 Reading reorients to the closest canonical (RAS+) orientation and returns the
 array in napari axis order (z, y, x), with spacing as ``scale``, origin as
@@ -136,6 +136,17 @@ def read_nifti(path: str | os.PathLike, as_labels: bool | None = None) -> tuple[
         raise
     except Exception as err:  # EOFError, zlib.error, OSError ...
         raise ValueError(f"cannot read {path}: the file is truncated or corrupt ({type(err).__name__}: {err})") from err
+
+
+def read_scan(
+    path: str | os.PathLike, as_labels: bool | None = None, series: str | None = None,
+) -> tuple[np.ndarray, dict, str]:
+    """A NIfTI file, or a DICOM series folder or file (``series``: its UID if a folder holds several)."""
+    if is_nifti(path) and not os.path.isdir(path):
+        return read_nifti(path, as_labels=as_labels)
+    from .dicom import read_dicom
+
+    return read_dicom(path, series=series, as_labels=as_labels)
 
 
 def layer_to_image(data: np.ndarray, metadata: dict | None, labels: bool = False, scale=None, translate=None):

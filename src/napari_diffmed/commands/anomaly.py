@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
                     "(smoothed, inside the brain), the reconstruction, the brain mask and the thresholded "
                     "anomaly mask as NIfTI files in the scan's space, with a JSON record of the run.",
     )
-    p.add_argument("scan", type=Path, help="NIfTI scan (2D or 3D; skull-stripped, or give --mask)")
+    p.add_argument("scan", type=Path, help="NIfTI scan or DICOM series (2D or 3D; skull-stripped, or give --mask)")
     add_common(p, model_help="image model name or path (default: the shipped mni_t1_axial_64)")
     p.add_argument("--method", choices=METHODS, default=DEFAULTS.method,
                    help=f"gaussian/simplex: partial noising; ddim: inversion then guided decoding (default {DEFAULTS.method})")
@@ -46,16 +46,16 @@ def run(args: argparse.Namespace) -> int:
 
     from ..anomaly import anomaly_map
     from ..evaluation.anomaly import anomaly_scores
-    from ..io import read_nifti, write_nifti
+    from ..io import read_scan, write_nifti
 
-    scan, kwargs, _ = read_nifti(args.scan, as_labels=False)
+    scan, kwargs, _ = read_scan(args.scan, as_labels=False)
     if scan.ndim not in (2, 3):
         raise ValueError(f"{args.scan}: expected a 2D or 3D scan, got shape {scan.shape}")
     masks = {}
     for name in ("mask", "reference"):
         path = getattr(args, name)
         if path is not None:
-            masks[name] = read_nifti(path, as_labels=True)[0] > 0
+            masks[name] = read_scan(path, as_labels=True)[0] > 0
             if masks[name].shape != scan.shape:
                 raise ValueError(f"--{name} {path} has shape {masks[name].shape}, the scan {scan.shape}")
     stem = kwargs["name"]

@@ -21,7 +21,7 @@ def add_parser(subparsers) -> None:
     )
     add_common(parser, model_help=f"image model name or path to NAME.safetensors (default: {DEFAULTS.model})")
     parser.set_defaults(seed=DEFAULTS.seed, func=run)
-    parser.add_argument("scan", type=Path, help="the scan (NIfTI)")
+    parser.add_argument("scan", type=Path, help="the scan (NIfTI, or DICOM series folder or file)")
     parser.add_argument("mask", type=Path, help="the region to fill (NIfTI; non-zero voxels); resampled onto "
                                                 "the scan's grid with a notice if it lies on another grid")
     parser.add_argument("--class", dest="class_name", default=DEFAULTS.class_name,
@@ -77,18 +77,18 @@ def _mask_on_scan(mask: np.ndarray, mask_kw: dict, scan: np.ndarray, scan_kw: di
 def run(args: argparse.Namespace) -> int:
     from ..device import select_device
     from ..inpainting import image_model, inpaint, settings_for
-    from ..io import read_nifti, write_nifti
+    from ..io import read_scan, write_nifti
 
     say = (lambda *a: None) if args.quiet else print
-    scan, scan_kw, _ = read_nifti(args.scan, as_labels=False)
+    scan, scan_kw, _ = read_scan(args.scan, as_labels=False)
     try:
-        mask, mask_kw, _ = read_nifti(args.mask, as_labels=True)
+        mask, mask_kw, _ = read_scan(args.mask, as_labels=True)
     except ValueError as err:
         raise ValueError(f"{err}; a mask must be binary or integer labels (threshold it first)") from None
     mask = _mask_on_scan(mask, mask_kw, scan, scan_kw, say)
     settings = settings_for(args.mode, args.steps, args.jump_length, args.resamplings)
     loaded = image_model(args.model, args.device)
-    prefix = args.prefix or args.scan.name.split(".nii")[0]
+    prefix = args.prefix or scan_kw["name"]
     names = [f"proposal{k}" for k in range(args.proposals)] + ["mean", "variance", "mask"]
     targets = {n: args.out / f"{prefix}_inpaint_{n}.nii.gz" for n in names}
     sidecar = args.out / f"{prefix}_inpaint.json"

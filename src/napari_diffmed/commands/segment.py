@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
                     "files in the scan's space, with a JSON record of the run. Voxels the model did not see "
                     "(other slices, outside its field of view) are 0 in every map.",
     )
-    p.add_argument("scan", type=Path, help="NIfTI scan (2D or 3D)")
+    p.add_argument("scan", type=Path, help="NIfTI scan (2D or 3D) or DICOM series folder or file")
     add_common(p, model_help="segmentation model name or path (default: the shipped mni_wm_seg_96)")
     p.set_defaults(seed=DEFAULTS.seed, func=run)
     p.add_argument("--members", type=int, default=DEFAULTS.members,
@@ -46,17 +46,17 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..anomaly import parse_slices
     from ..ensemble import segment_ensemble, segmentation_model
-    from ..io import read_nifti, write_nifti
+    from ..io import read_scan, write_nifti
 
     log = (lambda *a: None) if args.quiet else print
     if not 0 <= args.threshold <= 1:
         raise ValueError(f"--threshold must be from 0 to 1, got {args.threshold}")
-    scan, kwargs, _ = read_nifti(args.scan, as_labels=False)
+    scan, kwargs, _ = read_scan(args.scan, as_labels=False)
     if scan.ndim not in (2, 3):
         raise ValueError(f"{args.scan}: expected a 2D or 3D scan, got shape {scan.shape}")
     reference = None
     if args.reference is not None:
-        reference = read_nifti(args.reference, as_labels=True)[0] > 0
+        reference = read_scan(args.reference, as_labels=True)[0] > 0
         if reference.shape != scan.shape:
             raise ValueError(f"--reference {args.reference} has shape {reference.shape}, the scan {scan.shape}")
     indices = parse_slices(args.slices)

@@ -101,7 +101,7 @@ def _one_series(files: list[Path], where: str, series: str | None, hint: str = "
             raise ValueError(f"series {series!r} is not in {where}; it holds {sorted(groups)}")
         return [p for p, _ in groups[series]]
     if len(groups) > 1:
-        listing = "; ".join(f"{uid} ({_describe([ds for _, ds in g])})" for uid, g in groups.items())
+        listing = "; ".join(f"{uid} ({_describe([ds for _, ds in g])})" for uid, g in sorted(groups.items()))
         raise ValueError(f"{where} holds {len(groups)} image series, choose one with series=UID "
                          f"(or give each its own folder): {listing}")
     return [p for p, _ in next(iter(groups.values()))]

@@ -274,3 +274,55 @@ def test_npe2_opens_a_folder_with_this_plugin(tmp_path):
     folder = write_series(nifti, tmp_path / "series")
     ((data, kwargs, kind),) = npe2.read([str(folder)], stack=False, plugin_name="napari-diffmed")
     np.testing.assert_array_equal(data, io.read_nifti(nifti)[0])
+
+
+@pytest.fixture
+def command_inputs(tmp_path, small_volume):
+    """The phantom as an int16 NIfTI (LPS storage) and as a DICOM series of the same name; a lesion mask of both."""
+    scan = np.round(small_volume.image).astype(np.int16)
+    mask = np.zeros_like(scan)
+    mask[2:4, 10:18, 12:20] = 1
+    affine = np.diag([*small_volume.spacing[::-1], 1.0])  # napari (z, y, x) -> NIfTI (x, y, z)
+    paths = {}
+    for name, data in (("scan", scan), ("mask", mask)):
+        img = nib.Nifti1Image(np.transpose(data, (2, 1, 0)), affine)
+        img = img.as_reoriented(nib.orientations.axcodes2ornt("LPS"))
+        img.set_data_dtype(np.int16)
+        nifti = tmp_path / "nifti" / f"{name}.nii.gz"
+        nifti.parent.mkdir(exist_ok=True)
+        nib.save(img, str(nifti))
+        paths[name] = (nifti, write_series(nifti, tmp_path / "dicom" / name, uid=f"{UID}.{len(paths) + 1}"))
+    return paths
+
+
+FAST = {
+    "segment": lambda p, model: ["segment", str(p["scan"]), "--model", str(model), "--members", "2", "--steps", "2",
+                                 "--slices", "2:4"],
+    "anomaly": lambda p, model: ["anomaly", str(p["scan"]), "--model", str(model), "--steps", "10", "--slices", "2:4",
+                                 "--mask", str(p["mask"])],
+    "inpaint": lambda p, model: ["inpaint", str(p["scan"]), str(p["mask"]), "--model", str(model), "--proposals", "1",
+                                 "--steps", "4", "--jump-length", "2", "--resamplings", "2"],
+}
+
+
+@pytest.mark.parametrize("command", list(FAST))
+def test_every_command_takes_a_series_folder(command, command_inputs, tmp_path, request):
+    """Same results from the series as from its NIfTI, written in the series' own voxel grid."""
+    from napari_diffmed.cli import main
+
+    model = request.getfixturevalue("tiny_seg_model" if command == "segment" else "tiny_image_model")
+    outputs = {}
+    for kind, index in (("nifti", 0), ("dicom", 1)):
+        inputs = {name: pair[index] for name, pair in command_inputs.items()}
+        out = tmp_path / f"out_{kind}"
+        assert main([*FAST[command](inputs, model), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+        outputs[kind] = sorted(out.glob("*.nii.gz"))
+    assert [p.name for p in outputs["nifti"]] == [p.name for p in outputs["dicom"]] and outputs["dicom"]
+    series_grid, _ = dicom.to_nifti(command_inputs["scan"][1])
+    for from_nifti, from_dicom in zip(outputs["nifti"], outputs["dicom"]):
+        written = nib.load(str(from_dicom))
+        assert written.shape == series_grid.shape and np.allclose(written.affine, series_grid.affine)
+        a, a_kw, _ = io.read_nifti(from_nifti)
+        b, b_kw, _ = io.read_nifti(from_dicom)
+        np.testing.assert_allclose(b, a, atol=1e-5, err_msg=from_dicom.name)
+        np.testing.assert_allclose(layer_world_matrix(b_kw, 3), layer_world_matrix(a_kw, 3), atol=1e-4)

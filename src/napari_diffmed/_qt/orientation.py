@@ -13,6 +13,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+import napari
 from magicgui.widgets import ComboBox, Container, Label
 from napari.components.overlays import TextOverlay
 
@@ -135,7 +136,7 @@ def guide_for(viewer: Any, convention: str = "radiological") -> OrientationGuide
 class OrientationWidget(Container):
     """View: scan orientation. Radiological (patient's left on screen right), neurological, or napari's own."""
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.guide = guide_for(viewer)
         self.convention = ComboBox(label="convention", choices=list(CONVENTIONS), value=self.guide.convention,

@@ -248,6 +248,13 @@ def test_unreadable_and_unsupported_files_say_why(tmp_path):
         io.read_scan(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         io.read_scan(tmp_path / "nowhere")
+    picture = tmp_path / "photo.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.raises(ValueError, match=r"photo.png is not a DICOM file \(nor NIfTI .nii/.nii.gz\)"):
+        io.read_scan(picture)
+    nifti = save_nifti(tmp_path / "src.nii.gz", "RAS")
+    with pytest.raises(ValueError, match="series= chooses a series in a DICOM folder"):
+        io.read_scan(nifti, series=UID)
 
 
 def test_napari_reader_takes_series_folders_files_and_lists(tmp_path):

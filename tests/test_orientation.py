@@ -13,7 +13,7 @@ BLOB = (slice(28, 36), slice(36, 44), slice(26, 32))  # right, anterior, superio
 
 
 def phantom_file(tmp_path) -> str:
-    """The phantom stored LPS (as DICOM would), a dim head with one bright blob front-right-top."""
+    """The phantom stored LPS (as DICOM is), a dim head with one bright blob front-right-top."""
     data = np.full(SHAPE, 100, np.int16)
     data[BLOB] = 1000
     img = nib.Nifti1Image(data, np.eye(4))
@@ -36,7 +36,7 @@ def test_edge_letters(convention, displayed, expected):
 
 
 def test_unknown_convention_is_refused():
-    with pytest.raises(ValueError, match=r"unknown display convention 'upside'; choose from .*'radiological', 'neurological'"):
+    with pytest.raises(ValueError, match=r"unknown display convention 'upside'; choose from .*'radiological'"):
         screen_directions("A", "R", "upside")
 
 
@@ -56,8 +56,13 @@ PLANES = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}  # di
 def test_each_plane_in_the_chosen_convention_and_saving_is_unchanged(make_napari_viewer, tmp_path):
     from napari_diffmed._qt.orientation import OrientationWidget
 
+    from test_dicom import write_series
+
+    from napari_diffmed.dicom import to_nifti
+
+    series = write_series(phantom_file(tmp_path), tmp_path / "series")  # a DICOM series, as a scanner sends it
     viewer = make_napari_viewer(show=True)  # screenshots need a drawn canvas (Xvfb)
-    (layer,) = viewer.open(phantom_file(tmp_path), plugin="napari-diffmed")
+    (layer,) = viewer.open(str(series), plugin="napari-diffmed")
     layer.colormap, layer.contrast_limits = "red", (0, 1000)
     before = {key: np.array(getattr(layer, key)) for key in ("scale", "translate")}
     before["affine"] = layer.affine.affine_matrix.copy()
@@ -88,6 +93,7 @@ def test_each_plane_in_the_chosen_convention_and_saving_is_unchanged(make_napari
     second = tmp_path / "after.nii"
     viewer.layers.save(str(second), selected=True, plugin="napari-diffmed")
     assert second.read_bytes() == first.read_bytes()
+    assert np.allclose(nib.load(str(second)).affine, to_nifti(series)[0].affine)  # the series' own grid
     np.testing.assert_array_equal(layer.scale, before["scale"])
     np.testing.assert_array_equal(layer.translate, before["translate"])
     np.testing.assert_array_equal(layer.affine.affine_matrix, before["affine"])

@@ -198,10 +198,12 @@ def _sorted_geometry(frames: list[dict], label: str) -> tuple[list[dict], np.nda
 
 
 def _pixels(ds, where: Path) -> np.ndarray:
+    """The frames of ``ds`` as (frames, rows, columns); the encoded bytes are dropped once decoded."""
     try:
         arr = ds.pixel_array
     except Exception as err:  # noqa: BLE001 - truncated data, missing codecs
         raise ValueError(f"cannot read the pixel data of {where}: {err}") from None
+    del ds.PixelData
     return arr.reshape((-1, *arr.shape[-2:]))
 
 
@@ -246,7 +248,8 @@ def to_nifti(path: str | os.PathLike | list, series: str | None = None):
     pixels = {file: _pixels(ds, file) for file, ds in datasets}
     slices = [pixels[f["file"]][f["index"]] for f in frames]
     plain = all(f["slope"] == 1 and f["intercept"] == 0 for f in frames)
-    stack = np.stack(slices if plain else [s * f["slope"] + f["intercept"] for s, f in zip(slices, frames)])
+    stack = np.stack(slices if plain else [s.astype(np.float32) * np.float32(f["slope"]) + np.float32(f["intercept"])
+                                           for s, f in zip(slices, frames)])
     affine = LPS_TO_RAS @ lps
     img = nib.Nifti1Image(np.ascontiguousarray(np.transpose(stack, (2, 1, 0))), affine)  # (k, r, c) -> (c, r, k)
     img.set_qform(affine, code=1)
@@ -265,10 +268,7 @@ def read_dicom(path: str | os.PathLike | list, series: str | None = None,
         path = Path(path[0]).parent
     if as_labels is None and str(ds.get("SOPClassUID", "")) == SEGMENTATION_SOP:
         as_labels = True
-    try:
-        data, kwargs, kind = image_to_layer_data(img, name=str(path), as_labels=as_labels)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+    data, kwargs, kind = image_to_layer_data(img, name=str(path), as_labels=as_labels)
     stem = Path(path).name
     kwargs["name"] = stem[: -len(Path(stem).suffix)] if Path(stem).suffix.lower() in DICOM_SUFFIXES else stem
     kwargs["metadata"]["dicom"] = {key: str(ds.get(key, "")) for key in (

@@ -143,6 +143,8 @@ def read_scan(
 ) -> tuple[np.ndarray, dict, str]:
     """A NIfTI file, or a DICOM series folder or file (``series``: its UID if a folder holds several)."""
     if is_nifti(path) and not os.path.isdir(path):
+        if series is not None:
+            raise ValueError(f"{path}: series= chooses a series in a DICOM folder; a NIfTI file has one image")
         return read_nifti(path, as_labels=as_labels)
     from .dicom import read_dicom
 

@@ -333,3 +333,18 @@ def test_every_command_takes_a_series_folder(command, command_inputs, tmp_path, 
         b, b_kw, _ = io.read_nifti(from_dicom)
         np.testing.assert_allclose(b, a, atol=1e-5, err_msg=from_dicom.name)
         np.testing.assert_allclose(layer_world_matrix(b_kw, 3), layer_world_matrix(a_kw, 3), atol=1e-4)
+
+
+def test_commands_name_the_series_of_a_mixed_folder_and_take_one_with_series(tmp_path, tiny_image_model, capsys):
+    from napari_diffmed.cli import main
+
+    nifti = save_nifti(tmp_path / "src.nii.gz", "LPS")
+    folder = write_series(nifti, tmp_path / "mixed", description="first")
+    write_series(nifti, folder, uid=UID + ".9", description="second", names=lambda k: f"B{k}.dcm")
+    args = ["anomaly", str(folder), "--out", str(tmp_path / "out"), "--model", str(tiny_image_model), "--steps", "10",
+            "--slices", "1:2", "--device", "cpu", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{UID} (MR 'first', 5 files); {UID}.9 (MR 'second', 5 files)" in err and "--series UID" in err
+    assert main([*args, "--series", UID + ".9"]) == 0
+    assert (tmp_path / "out" / "mixed_anomaly_heatmap.nii.gz").exists()

@@ -103,7 +103,7 @@ def _one_series(files: list[Path], where: str, series: str | None, hint: str = "
     if len(groups) > 1:
         listing = "; ".join(f"{uid} ({_describe([ds for _, ds in g])})" for uid, g in sorted(groups.items()))
         raise ValueError(f"{where} holds {len(groups)} image series, choose one with series=UID "
-                         f"(or give each its own folder): {listing}")
+                         f"(--series UID on the command line) or give each its own folder: {listing}")
     return [p for p, _ in next(iter(groups.values()))]
 
 

@@ -17,6 +17,7 @@ def add_parser(subparsers) -> None:
                     "anomaly mask as NIfTI files in the scan's space, with a JSON record of the run.",
     )
     p.add_argument("scan", type=Path, help="NIfTI scan or DICOM series (2D or 3D; skull-stripped, or give --mask)")
+    p.add_argument("--series", default=None, metavar="UID", help="DICOM series to read if SCAN holds several")
     add_common(p, model_help="image model name or path (default: the shipped mni_t1_axial_64)")
     p.add_argument("--method", choices=METHODS, default=DEFAULTS.method,
                    help=f"gaussian/simplex: partial noising; ddim: inversion then guided decoding (default {DEFAULTS.method})")
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.anomaly import anomaly_scores
     from ..io import read_scan, write_nifti
 
-    scan, kwargs, _ = read_scan(args.scan, as_labels=False)
+    scan, kwargs, _ = read_scan(args.scan, as_labels=False, series=args.series)
     if scan.ndim not in (2, 3):
         raise ValueError(f"{args.scan}: expected a 2D or 3D scan, got shape {scan.shape}")
     masks = {}

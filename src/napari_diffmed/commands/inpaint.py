@@ -22,6 +22,7 @@ def add_parser(subparsers) -> None:
     add_common(parser, model_help=f"image model name or path to NAME.safetensors (default: {DEFAULTS.model})")
     parser.set_defaults(seed=DEFAULTS.seed, func=run)
     parser.add_argument("scan", type=Path, help="the scan (NIfTI, or DICOM series folder or file)")
+    parser.add_argument("--series", default=None, metavar="UID", help="DICOM series to read if SCAN holds several")
     parser.add_argument("mask", type=Path, help="the region to fill (NIfTI; non-zero voxels); resampled onto "
                                                 "the scan's grid with a notice if it lies on another grid")
     parser.add_argument("--class", dest="class_name", default=DEFAULTS.class_name,
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_scan, write_nifti
 
     say = (lambda *a: None) if args.quiet else print
-    scan, scan_kw, _ = read_scan(args.scan, as_labels=False)
+    scan, scan_kw, _ = read_scan(args.scan, as_labels=False, series=args.series)
     try:
         mask, mask_kw, _ = read_scan(args.mask, as_labels=True)
     except ValueError as err:

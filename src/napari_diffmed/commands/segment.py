@@ -24,6 +24,7 @@ def add_parser(subparsers) -> None:
                     "(other slices, outside its field of view) are 0 in every map.",
     )
     p.add_argument("scan", type=Path, help="NIfTI scan (2D or 3D) or DICOM series folder or file")
+    p.add_argument("--series", default=None, metavar="UID", help="DICOM series to read if SCAN holds several")
     add_common(p, model_help="segmentation model name or path (default: the shipped mni_wm_seg_96)")
     p.set_defaults(seed=DEFAULTS.seed, func=run)
     p.add_argument("--members", type=int, default=DEFAULTS.members,
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda *a: None) if args.quiet else print
     if not 0 <= args.threshold <= 1:
         raise ValueError(f"--threshold must be from 0 to 1, got {args.threshold}")
-    scan, kwargs, _ = read_scan(args.scan, as_labels=False)
+    scan, kwargs, _ = read_scan(args.scan, as_labels=False, series=args.series)
     if scan.ndim not in (2, 3):
         raise ValueError(f"{args.scan}: expected a 2D or 3D scan, got shape {scan.shape}")
     reference = None

@@ -304,7 +304,7 @@ def command_inputs(tmp_path, small_volume):
 
 FAST = {
     "segment": lambda p, model: ["segment", str(p["scan"]), "--model", str(model), "--members", "2", "--steps", "2",
-                                 "--slices", "2:4"],
+                                 "--slices", "2:3"],
     "anomaly": lambda p, model: ["anomaly", str(p["scan"]), "--model", str(model), "--steps", "10", "--slices", "2:4",
                                  "--mask", str(p["mask"])],
     "inpaint": lambda p, model: ["inpaint", str(p["scan"]), str(p["mask"]), "--model", str(model), "--proposals", "1",

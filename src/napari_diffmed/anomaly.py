@@ -33,13 +33,14 @@ import itertools
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generator, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from .progress import Progress, drive
+from .slices import parse_slices  # noqa: F401 - public here since the CLI and the widget first used it
 
 if TYPE_CHECKING:
     import torch
@@ -115,7 +116,8 @@ class AnomalyResult:
     ``brain_mask``: the brain voxels that were analysed (chosen slices, inside the model's field of
     view); ``heatmap``: float32, 0 outside ``brain_mask``; ``reconstruction``: the pseudo-healthy scan in the
     input's intensities (the input itself where the model did not look); ``variance``: of the heatmap
-    over reconstructions (None for one); ``threshold``: the default cut for :meth:`labels`.
+    over reconstructions (None for one); ``threshold``: the default cut for :meth:`labels` (see
+    :func:`default_rule`); ``messages``: notices about the run (also in the provenance).
     """
 
     heatmap: np.ndarray
@@ -124,6 +126,7 @@ class AnomalyResult:
     brain_mask: np.ndarray
     threshold: float
     provenance: dict[str, Any]
+    messages: list[str] = field(default_factory=list)
 
     def labels(self, threshold: float | None = None) -> np.ndarray:
         """Binary anomaly mask ``heatmap >= threshold`` inside the brain (no model call)."""
@@ -155,17 +158,22 @@ def default_threshold(heatmap: np.ndarray, mask: np.ndarray) -> float:
     return float(np.percentile(inside, THRESHOLD_PERCENTILE)) if inside.size else 0.0
 
 
-def parse_slices(text: str | None) -> list[int] | None:
-    """``"40:52"`` (end excluded) or ``"3,5,7"`` -> slice indices; empty or None -> None (all slices)."""
-    if text is None or not str(text).strip():
-        return None
-    try:
-        if ":" in text:
-            start, stop = text.split(":")
-            return list(range(int(start), int(stop)))
-        return [int(t) for t in text.split(",")]
-    except ValueError:
-        raise ValueError(f"slices must look like 40:52 or 3,5,7, got {text!r}") from None
+def default_rule(card, cfg: AnomalySettings) -> tuple[dict[str, Any] | None, list[str]]:
+    """The card's threshold for ``cfg.method``, calibrated on healthy held-out slices
+    (:mod:`napari_diffmed.evaluation.threshold`), and notices: none when the run uses the settings it was
+    calibrated at. Without one (None) the default cut is the heatmap's own ``THRESHOLD_PERCENTILE`` percentile."""
+    entry = card.metrics.get("anomaly", {}).get("threshold", {}).get(cfg.method)
+    if not entry:
+        return None, [f"model {card.name!r} has no threshold calibrated for method {cfg.method!r}: the default cut is "
+                      f"the {THRESHOLD_PERCENTILE:g}th percentile of this scan's heatmap, which flags "
+                      f"{100 - THRESHOLD_PERCENTILE:g}% of any brain, healthy or not"]
+    calibrated = entry.get("settings", {})
+    differs = [f"{key}={getattr(cfg, key)!r} (calibrated at {value!r})" for key, value in calibrated.items()
+               if hasattr(cfg, key) and getattr(cfg, key) != value]
+    if not differs:
+        return entry, []
+    return entry, [f"the default threshold {entry['value']:g} was calibrated at the default settings; this run "
+                   f"differs in {', '.join(differs)}, so the share of healthy voxels it flags is not known"]
 
 
 def inversion_start(scheduler, depth: int) -> int:
@@ -407,18 +415,22 @@ def _finish(image, prepared, brain, recon: np.ndarray, unguided: np.ndarray | No
     heatmap = _on_input(prepared, heats.mean(0), image, 0.0) * brain
     variance = _on_input(prepared, heats.var(0), image, 0.0) * brain if len(heats) > 1 else None
     pseudo = np.where(brain, _on_input(prepared, prepared.normaliser.inverse(recon.mean(0)), image, image), image)
-    threshold = default_threshold(heatmap, brain)
+    calibrated, notes = default_rule(card, cfg)
+    threshold = default_threshold(heatmap, brain) if calibrated is None else float(calibrated["value"])
+    rule = (f"{THRESHOLD_PERCENTILE:g}th percentile of the heatmap inside the brain mask" if calibrated is None else
+            f"calibrated on healthy held-out slices: flags {100 * calibrated['healthy_fraction']:g}% of their "
+            "brain voxels")
     used = {k: v for k, v in asdict(cfg).items() if k != ("level" if cfg.method == "ddim" else "depth")}
     prov = provenance(
         loaded, task="anomaly", **{**used, **record}, scheduler="DDIMScheduler", eta=cfg.eta,
         simplex=SIMPLEX if cfg.method == "simplex" else None, axis=prepared.axis,
-        slices=[int(i) for i in prepared.indices], threshold=threshold,
-        threshold_rule=f"{THRESHOLD_PERCENTILE:g}th percentile of the heatmap inside the brain mask",
+        slices=[int(i) for i in prepared.indices], threshold=threshold, threshold_rule=rule,
+        threshold_healthy_fraction=None if calibrated is None else calibrated["healthy_fraction"], messages=notes,
         heatmap_units=("max(|scan - reconstruction| - |scan - unguided decoding|, 0)" if unguided is not None
                        else "|scan - reconstruction|") + " / 2 in the card's normalised intensities (1 = their range)",
     )
     return AnomalyResult(heatmap.astype(np.float32), pseudo.astype(np.float32),
-                         None if variance is None else variance.astype(np.float32), brain, threshold, prov)
+                         None if variance is None else variance.astype(np.float32), brain, threshold, prov, notes)
 
 
 def anomaly_map(

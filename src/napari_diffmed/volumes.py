@@ -14,6 +14,7 @@ import numpy as np
 
 from .geometry import Grid, Normaliser
 from .models.card import ModelCard
+from .slices import check_slices
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,6 @@ def prepare(
     moved = np.moveaxis(unit, axis, 0)
     in_plane = tuple(s for i, s in enumerate(spacing) if i != axis)
     all_idx = np.arange(moved.shape[0])
-    idx = all_idx if indices is None else np.asarray(sorted(set(int(i) for i in indices)))
-    if len(idx) == 0 or idx.min() < 0 or idx.max() >= moved.shape[0]:
-        raise ValueError(f"slice indices must lie in 0..{moved.shape[0] - 1}, got {list(idx)[:5]}")
+    idx = all_idx if indices is None else np.asarray(check_slices(indices, moved.shape[0], axis))
     grid = Grid.for_volume(moved, (1.0,) + in_plane, card.image_size, card.spacing)
     return Prepared(grid.to_model(moved[idx]), grid, normaliser, axis, idx, shape)

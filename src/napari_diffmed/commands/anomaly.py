@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..anomaly import COMPARES, DEFAULTS, METHODS, parse_slices
+from ..anomaly import COMPARES, DEFAULTS, METHODS
 from .common import add_common, file_runner, printer, write_sidecar
 
 
@@ -35,9 +35,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, default=DEFAULTS.steps, help="DDIM steps over the whole schedule")
     p.add_argument("--smoothing", type=float, default=DEFAULTS.smoothing, help="heatmap smoothing sigma in mm")
     p.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="slicing axis for 2D models (0 = axial)")
-    p.add_argument("--slices", default=None, help="slices to analyse, e.g. 40:52 or 3,5,7 (default: all)")
+    p.add_argument("--slices", default=None, help="slices to analyse along --axis: START:STOP (STOP excluded), "
+                                                  "e.g. 40:52, or 3,5,7 (default: all)")
     p.add_argument("--mask", type=Path, default=None, help="brain mask NIfTI (default: computed from the scan)")
-    p.add_argument("--threshold", type=float, default=None, help="anomaly mask threshold (default: from the map)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="anomaly mask threshold (default: the model card's, calibrated on healthy held-out slices)")
     p.add_argument("--reference", type=Path, default=None, help="reference lesion mask NIfTI: report AUROC, AUPRC, Dice")
     p.set_defaults(func=run)
 
@@ -48,10 +50,12 @@ def run(args: argparse.Namespace) -> int:
     from ..anomaly import anomaly_map
     from ..evaluation.anomaly import anomaly_scores
     from ..io import read_scan, write_nifti
+    from ..slices import check_slices, parse_slices
 
     scan, kwargs, _ = read_scan(args.scan, as_labels=False, series=args.series)
     if scan.ndim not in (2, 3):
         raise ValueError(f"{args.scan}: expected a 2D or 3D scan, got shape {scan.shape}")
+    indices = check_slices(parse_slices(args.slices), scan.shape[args.axis] if scan.ndim == 3 else 1, args.axis)
     masks = {}
     for name in ("mask", "reference"):
         path = getattr(args, name)
@@ -73,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
                     steps=args.steps,
                     smoothing=args.smoothing, seed=args.seed, device=args.device,
                     **({"depth": args.depth} if args.method == "ddim" else {"level": args.level}))
-    indices = parse_slices(args.slices)
     log = (lambda *a: None) if args.quiet else print
     log(f"anomaly: {args.scan} {scan.shape}, model {args.model or 'mni_t1_axial_64 (default)'}, "
         + ", ".join(f"{key}={value}" for key, value in settings.items())
@@ -81,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     result = anomaly_map(scan, kwargs["metadata"]["spacing"], mask=masks.get("mask"), axis=args.axis,
                          indices=indices, model=args.model, callback=printer(args.quiet), **settings)
     threshold = result.threshold if args.threshold is None else float(args.threshold)
+    for note in result.messages:
+        log(f"  notice: {note}")
     args.out.mkdir(parents=True, exist_ok=True)
     meta = kwargs["metadata"]
     arrays = {"heatmap": (result.heatmap, False), "reconstruction": (result.reconstruction, False),
@@ -91,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         write_nifti(path, data, meta, labels=labels, overwrite=args.overwrite)
         log(f"  wrote {path}")
     record = {**result.provenance, "scan": str(args.scan), "threshold": threshold,
+              "messages": result.messages,
               "files": {key: str(path) for key, path in paths.items()}}
     if "reference" in masks:
         try:

@@ -36,19 +36,19 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--axis", type=int, default=DEFAULTS.axis, choices=(0, 1, 2),
                         help="slicing axis for 2D models, in the scan's (z, y, x) order")
     parser.add_argument("--slices", type=_slices, default=None, metavar="START:STOP|I,J,...",
-                        help="only these slices along --axis (STOP excluded); default: every slice")
+                        help="only these slices along --axis: START:STOP (STOP excluded), e.g. 40:52, or 3,5,7; "
+                             "default: every slice that holds mask voxels")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="images per network call")
     parser.add_argument("--prefix", default=None, help="output file name prefix (default: the scan's name)")
 
 
-def _slices(text: str) -> list[int]:
+def _slices(text: str) -> list[int] | None:
+    from ..slices import parse_slices
+
     try:
-        if ":" in text:
-            start, stop = (int(p) for p in text.split(":"))
-            return list(range(start, stop))
-        return [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected START:STOP or I,J,..., got {text!r}") from None
+        return parse_slices(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def to_world(kwargs: dict, ndim: int) -> np.ndarray:
@@ -61,7 +61,7 @@ def to_world(kwargs: dict, ndim: int) -> np.ndarray:
     return matrix
 
 
-def _mask_on_scan(mask: np.ndarray, mask_kw: dict, scan: np.ndarray, scan_kw: dict, say) -> np.ndarray:
+def _mask_on_scan(mask: np.ndarray, mask_kw: dict, scan: np.ndarray, scan_kw: dict, notes: list[str]) -> np.ndarray:
     from ..inpainting import resample_mask
 
     if mask.ndim != scan.ndim:
@@ -70,15 +70,34 @@ def _mask_on_scan(mask: np.ndarray, mask_kw: dict, scan: np.ndarray, scan_kw: di
     if mask.shape == scan.shape and np.allclose(m_world, s_world, atol=1e-4):
         return mask
     out = resample_mask(mask, m_world, scan.shape, s_world)
-    say(f"notice: the mask {mask.shape} lies on another grid than the scan {scan.shape}; resampled onto the "
-        f"scan's grid (nearest neighbour): {int((mask != 0).sum())} -> {int(out.sum())} voxels")
+    notes.append(f"the mask {mask.shape} lies on another grid than the scan {scan.shape}; resampled onto the "
+                 f"scan's grid (nearest neighbour): {int((mask != 0).sum())} -> {int(out.sum())} voxels")
     return out.astype(np.uint8)
+
+
+def _check_region(mask: np.ndarray, path: Path, axis: int, slices: list[int] | None) -> None:
+    """Refuse an empty mask, slices outside the scan, and chosen slices without mask voxels (before any model)."""
+    from ..slices import check_slices, describe
+
+    if not mask.any():
+        raise ValueError(f"the mask {path} has no non-zero voxels on the scan's grid: nothing to inpaint")
+    if slices is None:
+        return
+    if mask.ndim == 2 and axis != 0:
+        raise ValueError(f"slicing axis must be 0 for a 2D scan, got {axis}")
+    moved = np.moveaxis(mask if mask.ndim == 3 else mask[None], axis, 0)
+    chosen = check_slices(slices, len(moved), axis)
+    if not moved[chosen].any():
+        holding = np.flatnonzero(moved.reshape(len(moved), -1).any(axis=1))
+        raise ValueError(f"the mask has no voxels on slices {describe(chosen)} along axis {axis}; it has some on "
+                         f"slices {describe(holding)}")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..device import select_device
     from ..inpainting import image_model, inpaint, settings_for
     from ..io import read_scan, write_nifti
+    from ..slices import describe as describe_slices
 
     say = (lambda *a: None) if args.quiet else print
     scan, scan_kw, _ = read_scan(args.scan, as_labels=False, series=args.series)
@@ -86,9 +105,10 @@ def run(args: argparse.Namespace) -> int:
         mask, mask_kw, _ = read_scan(args.mask, as_labels=True)
     except ValueError as err:
         raise ValueError(f"{err}; a mask must be binary or integer labels (threshold it first)") from None
-    mask = _mask_on_scan(mask, mask_kw, scan, scan_kw, say)
+    notes: list[str] = []
+    mask = _mask_on_scan(mask, mask_kw, scan, scan_kw, notes)
+    _check_region(mask, args.mask, args.axis, args.slices)
     settings = settings_for(args.mode, args.steps, args.jump_length, args.resamplings)
-    loaded = image_model(args.model, args.device)
     prefix = args.prefix or scan_kw["name"]
     names = [f"proposal{k}" for k in range(args.proposals)] + ["mean", "variance", "mask"]
     targets = {n: args.out / f"{prefix}_inpaint_{n}.nii.gz" for n in names}
@@ -96,17 +116,21 @@ def run(args: argparse.Namespace) -> int:
     existing = [p for p in [*targets.values(), sidecar] if p.exists()]
     if existing and not args.overwrite:
         raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace, or choose another --out/--prefix")
+    for note in notes:
+        say(f"notice: {note}")
+    loaded = image_model(args.model, args.device)  # after every check of the input: loading takes a while
     cls = args.class_name if loaded.card.conditional else None
     say(f"model {loaded.model_id} ({loaded.card.spatial_dims}D, {loaded.path})")
     say(f"inpainting with class {cls}, mode {args.mode}: {describe(settings)}; {args.proposals} proposals, "
         f"seed {args.seed}, device {select_device(args.device)}, axis {args.axis}, "
-        f"slices {'all with mask voxels' if args.slices is None else f'{args.slices[0]}..{args.slices[-1]}'}")
+        f"slices {'all with mask voxels' if args.slices is None else describe_slices(args.slices)}")
     result = inpaint(scan, mask, scan_kw["metadata"]["spacing"], model=loaded, class_name=cls, steps=settings.steps,
                      jump_length=settings.jump_length, resamplings=settings.resamplings, proposals=args.proposals,
                      seed=args.seed, mode=args.mode, axis=args.axis, indices=args.slices, device=args.device,
                      batch_size=args.batch_size, on_progress=printer(args.quiet))
     for note in result.messages:
         say(f"notice: {note}")
+    notes += result.messages
     args.out.mkdir(parents=True, exist_ok=True)
     meta = scan_kw["metadata"]
     for k in range(args.proposals):
@@ -115,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     write_nifti(targets["variance"], result.variance, meta, overwrite=args.overwrite)
     write_nifti(targets["mask"], result.mask, meta, labels=True, overwrite=args.overwrite)
     record = {"scan": str(args.scan), "mask": str(args.mask), "files": [p.name for p in targets.values()],
-              **result.provenance}
+              **result.provenance, "messages": notes}
     write_sidecar(sidecar, record, overwrite=args.overwrite)
     prov = result.provenance
     where = "the whole volume" if prov.get("slices") is None else f"slices {prov['slices']}"

@@ -60,17 +60,21 @@ def _write(paths: list[Path], result, overwrite: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synthesis import guidance_sweep, load_image_model, synthesize
+    from ..models import ModelCard, default_model, resolve
+    from ..models.checkpoint import card_path
+    from ..synthesis import check_settings, guidance_sweep, load_image_model, synthesize
 
     class_name = int(args.class_name) if args.class_name is not None and args.class_name.isdigit() else args.class_name
-    loaded = load_image_model(args.model, args.device)
-    card = loaded.card
+    card = ModelCard.read(card_path(resolve(args.model or default_model("image", 2, "synthesis"))))  # no weights yet
     tags = [f"_w{w:g}" for w in args.sweep] if args.sweep else [""]
     targets = _targets(args.out, args.prefix, args.n, card.spatial_dims, tags)
     sidecar = args.out / f"{args.prefix}.json"
     existing = [p for p in [sidecar, *sum(targets, [])] if p.exists()]
     if existing and not args.overwrite:
         raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace, or choose another --out/--prefix")
+    for w in args.sweep or [args.guidance]:
+        check_settings(card, args.n, args.steps, args.scheduler, class_name, w, args.eta)
+    loaded = load_image_model(args.model, args.device)  # after the checks: loading takes a while
     if not args.quiet:
         what = f"guidance sweep {list(args.sweep)}" if args.sweep else f"guidance {args.guidance:g}"
         what = f"class {class_name if class_name is not None else card.class_names[0]}, {what}, " \
@@ -87,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for paths, result in zip(targets, results):
         _write(paths, result, args.overwrite)
-    record = {"files": [[p.name for p in paths] for paths in targets], "runs": [r.provenance for r in results]}
+    record = {"files": [[p.name for p in paths] for paths in targets], "runs": [r.provenance for r in results],
+              "messages": []}
     write_sidecar(sidecar, record, overwrite=args.overwrite)
     if not args.quiet:
         used = results[0].provenance

@@ -33,7 +33,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--scheduler", type=str.lower, default=DEFAULTS.scheduler, choices=sorted(SCHEDULER_NAMES),
                    help=f"sampler (default {DEFAULTS.scheduler}; ddpm needs 1000 steps)")
     p.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="slicing axis for 2D models (0 = axial)")
-    p.add_argument("--slices", default=None, help="slices to segment, e.g. 40:52 or 3,5,7 (default: all)")
+    p.add_argument("--slices", default=None, help="slices to segment along --axis: START:STOP (STOP excluded), "
+                                                  "e.g. 40:52, or 3,5,7 (default: all)")
     p.add_argument("--rule", choices=RULES, default=DEFAULTS.rule,
                    help=f"consensus: majority vote of the members, or their mean probability (default {DEFAULTS.rule})")
     p.add_argument("--threshold", type=float, default=DEFAULTS.threshold,
@@ -45,9 +46,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..anomaly import parse_slices
     from ..ensemble import segment_ensemble, segmentation_model
     from ..io import read_scan, write_nifti
+    from ..slices import check_slices, parse_slices
 
     log = (lambda *a: None) if args.quiet else print
     if not 0 <= args.threshold <= 1:
@@ -60,14 +61,14 @@ def run(args: argparse.Namespace) -> int:
         reference = read_scan(args.reference, as_labels=True)[0] > 0
         if reference.shape != scan.shape:
             raise ValueError(f"--reference {args.reference} has shape {reference.shape}, the scan {scan.shape}")
-    indices = parse_slices(args.slices)
-    loaded = segmentation_model(args.model, args.device)
+    indices = check_slices(parse_slices(args.slices), scan.shape[args.axis] if scan.ndim == 3 else 1, args.axis)
     stem = kwargs["name"]
     paths = {key: args.out / f"{stem}_{suffix}.nii.gz" for key, suffix in OUTPUTS.items()}
     sidecar = args.out / f"{stem}_segment.json"
     existing = [str(p) for p in [*paths.values(), sidecar] if p.exists()]
     if existing and not args.overwrite:
         raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite to replace them")
+    loaded = segmentation_model(args.model, args.device)  # after every check of the input: loading takes a while
     log(f"segment: {args.scan} {scan.shape}, model {loaded.model_id} ({loaded.path}), members={args.members}, "
         f"steps={args.steps}, scheduler={args.scheduler}, seed={args.seed}, axis={args.axis}, "
         f"slices={args.slices or 'all'}, rule={args.rule}, threshold={args.threshold:g}, device={args.device}")
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     ranking = result.ranking()
     record = {**result.provenance, "scan": str(args.scan), "rule": args.rule, "threshold": args.threshold,
               "most_uncertain_slices": [int(i) for i in ranking[:10]],
-              "files": {key: str(path) for key, path in paths.items()}}
+              "files": {key: str(path) for key, path in paths.items()}, "messages": []}
     if reference is not None:
         from ..evaluation.segmentation import segmentation_scores
 

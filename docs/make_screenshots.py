@@ -306,7 +306,7 @@ def shot_segmentation(viewer, app, args) -> None:
     widget.device.value = args.device
     widget.members.value, widget.steps.value, widget.seed.value = 6, 10, args.seed
     widget.region.value = "slice range"
-    widget.first.value, widget.last.value = z - 2, z + 2
+    widget.first.value, widget.stop.value = z - 2, z + 3
     pick(widget.reference, "white matter (template)")
     run_and_wait(widget, app, args.timeout, "segmentation")
     top = widget.step(1)  # Next: the most uncertain slice of the run

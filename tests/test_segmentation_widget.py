@@ -42,7 +42,7 @@ def test_run_adds_aligned_layers_and_refuses_without_the_model(run_widget, setup
 
     viewer, widget, scan = setup
     original = scan.data.copy()
-    assert (widget.first.value, widget.last.value) == (0, 5)  # the default slab, clipped to the volume
+    assert (widget.first.value, widget.stop.value) == (0, 6)  # the default slab, clipped to the volume (6 excluded)
     widget.keep_members.value = True
     run_widget(widget)
     names = [layer.name for layer in viewer.layers]
@@ -84,7 +84,7 @@ def test_run_adds_aligned_layers_and_refuses_without_the_model(run_widget, setup
 def test_review_moves_through_the_most_uncertain_slices(run_widget, setup, qtbot):
     viewer, widget, scan = setup
     widget.region.value = "slice range"
-    widget.first.value, widget.last.value = 1, 4
+    widget.first.value, widget.stop.value = 1, 5
     run_widget(widget)
     order = widget._order
     assert sorted(order) == [1, 2, 3, 4] and len(widget.ranked.choices) == 4

@@ -11,10 +11,11 @@ import numpy as np
 from magicgui.widgets import (
     ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton, SpinBox,
 )
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 
 from ..anomaly import COMPARES, DEFAULTS, LIMITS, METHODS, AnomalyResult, parse_slices
 from ..device import DEVICE_CHOICES
+from .dock import FollowImage, short_tab_title
 from .jobs import JobRunner
 from .layers import PreviewLayer
 
@@ -51,19 +52,21 @@ class AnomalyWidget(Container):
         self.smoothing = FloatSpinBox(label="smoothing (mm)", min=0.0, max=LIMITS["smoothing"][1], step=0.5,
                                       value=DEFAULTS.smoothing)
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=DEFAULTS.seed or 0)
-        self.slices = LineEdit(label="slices", value="", tooltip="e.g. 40:52 or 3,5,7; empty = all slices")
+        self.slices = LineEdit(label="slices", value="",
+                               tooltip="START:STOP (STOP excluded), e.g. 40:52, or 3,5,7; empty = all slices")
         self.reference = ComboBox(label="reference lesions", choices=self._layers("labels"), nullable=True, value=None)
         self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
         self.run_button, self.cancel_button = PushButton(text="Run"), PushButton(text="Cancel")
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(value="")
-        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.001, value=0.0, enabled=False)
+        self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.001, value=0.0, visible=False)
+        self.threshold_info = Label(value="")
         self.metrics = Label(value="")
         self.extend([self.image, self.model, self.model_file, self.method, self.level, self.depth, self.guidance,
                      self.compare, self.negative, self.reconstructions, self.steps, self.smoothing, self.seed,
                      self.slices, self.reference, self.device,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
-                     self.progress, self.status, self.threshold, self.metrics])
+                     self.progress, self.status, self.threshold, self.threshold_info, self.metrics])
         self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
         self.result: AnomalyResult | None = None
         self.result_layers: dict[str, Any] = {}
@@ -73,9 +76,14 @@ class AnomalyWidget(Container):
         self.run_button.changed.connect(self.run)
         self.threshold.changed.connect(self._rethreshold)
         self.method.changed.connect(self._show_level)
+        for field in (self.method, self.model, self.model_file):
+            field.changed.connect(self._describe_threshold)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
+        self.follow = FollowImage(viewer, self.image)
         self._show_level()
+        self._describe_threshold()
+        short_tab_title(self, "Anomaly")
 
     def _layers(self, kind: str):
         from napari.layers import Image, Labels
@@ -95,6 +103,22 @@ class AnomalyWidget(Container):
         self.level.visible = self.method.value != "ddim"
         self.depth.visible = self.method.value == "ddim"
 
+    def _describe_threshold(self, *_: Any) -> None:
+        """Say, before a run, where the anomaly mask will be cut: the model card's calibrated threshold."""
+        from ..anomaly import THRESHOLD_PERCENTILE
+        from ..models import ModelCard, ModelCardError, resolve
+        from ..models.checkpoint import card_path
+
+        try:
+            card = ModelCard.read(card_path(resolve(self.model_source()))) if self.model_source() else None
+        except (ModelCardError, OSError, ValueError):
+            card = None
+        entry = None if card is None else card.metrics.get("anomaly", {}).get("threshold", {}).get(self.method.value)
+        self.threshold_info.value = (
+            f"{self.method.value} default threshold {entry['value']:.4g}: flags "
+            f"{100 * entry['healthy_fraction']:g}% of healthy brain voxels" if entry else
+            f"default threshold: the {THRESHOLD_PERCENTILE:g}th percentile of the heatmap (not calibrated)")
+
     def model_source(self) -> str | None:
         path = self.model_file.value
         return str(path) if path not in (None, Path("."), Path("")) else self.model.value
@@ -112,6 +136,7 @@ class AnomalyWidget(Container):
         from ..anomaly import iter_anomaly_map, planned_calls
         from ..models import ModelCard, resolve
         from ..models.checkpoint import card_path
+        from ..slices import check_slices
 
         layer, model = self.image.value, self.model_source()
         try:
@@ -125,6 +150,7 @@ class AnomalyWidget(Container):
             data = np.array(layer.data, dtype=np.float32)  # a copy: the layer is never touched
             spacing = tuple(layer.metadata.get("spacing", layer.scale))
             indices, settings = parse_slices(self.slices.value), self.settings()
+            indices = check_slices(indices, data.shape[0] if data.ndim == 3 else 1)
             replace(DEFAULTS, **settings)  # checks the values
         except (ValueError, OSError) as err:
             show_error(f"Anomaly map: {err}")
@@ -159,12 +185,16 @@ class AnomalyWidget(Container):
         low, high = (np.percentile(inside, [50, 99.5]) if inside.size else (0.0, 1.0))
         self.result_layers = {
             "reconstruction": self.viewer.add_image(result.reconstruction, name=f"{name} pseudo-healthy",
-                                                    colormap="gray", contrast_limits=source.contrast_limits, **kw),
+                                                    colormap="gray", contrast_limits=source.contrast_limits,
+                                                    visible=False, **kw),
             "heatmap": self.viewer.add_image(result.heatmap, name=f"{name} anomaly heatmap", colormap="inferno",
                                              blending="additive", opacity=0.7,
                                              contrast_limits=(float(low), float(max(high, low + 1e-6))), **kw),
-            "labels": self.viewer.add_labels(result.labels(), name=f"{name} anomaly mask", opacity=0.5, **kw),
-        }
+            "labels": self.viewer.add_labels(result.labels(), name=f"{name} anomaly mask", opacity=0.5,
+                                             visible=False, **kw),
+        }  # only the heatmap arrives visible
+        for note in result.messages:
+            show_info(f"Anomaly map: {note}")
         if result.variance is not None:
             self.result_layers["variance"] = self.viewer.add_image(
                 result.variance, name=f"{name} anomaly variance", colormap="magma", blending="additive",
@@ -178,8 +208,12 @@ class AnomalyWidget(Container):
                 self.metrics.value = f"no scores: {err}"
         top = float(max(result.heatmap.max(), result.threshold, 1e-6))
         self.threshold.max, self.threshold.step = top, top / 1000
-        self.threshold.enabled = True
+        self.threshold.visible = True
         self.threshold.value = result.threshold
+        fraction = result.provenance.get("threshold_healthy_fraction")
+        self.threshold_info.value = (f"default {result.threshold:.4g}: flags {100 * fraction:g}% of healthy brain "
+                                     "voxels" if fraction is not None else
+                                     f"default {result.threshold:.4g}: {result.provenance['threshold_rule']}")
         self._rethreshold()
 
     def _rethreshold(self, *_: Any) -> None:

@@ -14,6 +14,7 @@ from napari.utils.notifications import show_error, show_info
 from ..device import DEVICE_CHOICES
 from ..inpainting import DEFAULTS, MODES, count_network_calls, describe, repaint_schedule, resample_mask
 from ..models import ModelCard, ModelCardError, list_models
+from .dock import FollowImage, short_tab_title
 from .jobs import JobRunner
 from .layers import PreviewLayer, placement, world_matrix
 
@@ -65,7 +66,8 @@ class InpaintingWidget(Container):
         self.region = ComboBox(label="region", choices=list(REGIONS), value=REGIONS[0])
         self.axis = SpinBox(label="slice axis", min=0, max=2, value=DEFAULTS.axis)
         self.first = SpinBox(label="first slice", min=0, max=100_000, value=0)
-        self.last = SpinBox(label="last slice", min=0, max=100_000, value=0)
+        self.stop = SpinBox(label="stop slice (excluded)", min=1, max=100_000, value=1,
+                            tooltip="the range is first, first + 1, ..., stop - 1, as --slices FIRST:STOP")
         self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
         self.run_button, self.cancel_button = PushButton(text="Run"), PushButton(text="Cancel")
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
@@ -75,7 +77,7 @@ class InpaintingWidget(Container):
         super().__init__(widgets=[
             self.image, self.mask, self.model, self.model_file, self.class_name, self.mode, self.steps,
             self.jump_length, self.resamplings, self.calls, self.proposals, self.seed, self.region, self.axis,
-            self.first, self.last, self.device, self.run_button, self.cancel_button, self.progress, self.status,
+            self.first, self.stop, self.device, self.run_button, self.cancel_button, self.progress, self.status,
             self.chosen, self.accept_button,
         ])
         self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
@@ -86,6 +88,9 @@ class InpaintingWidget(Container):
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_layers)
         self._refresh_layers()
+        self.follow = FollowImage(viewer, self.image)
+        self.region.changed.connect(self._show_range)
+        short_tab_title(self, "Inpaint")
         self.model.changed.connect(self._model_changed)
         self.model_file.changed.connect(self._model_changed)
         self.mode.changed.connect(self._mode_changed)
@@ -126,9 +131,14 @@ class InpaintingWidget(Container):
             self.class_name.value = DEFAULTS.class_name
         self.class_name.enabled = bool(classes)
         slices = card is None or card.spatial_dims == 2
-        for w in (self.region, self.axis, self.first, self.last):
+        for w in (self.region, self.axis, self.first, self.stop):
             w.enabled = slices
+        self._show_range()
         self._update_calls()
+
+    def _show_range(self, *_: Any) -> None:
+        for field in (self.first, self.stop):
+            field.visible = self.region.value == "slice range"
 
     def _classes(self, *_: Any) -> list[str]:
         """The chosen model's classes (a callable, so napari's ``reset_choices`` keeps them)."""
@@ -170,7 +180,7 @@ class InpaintingWidget(Container):
         if self.region.value == "current slice":
             index = np.asarray(image.world_to_data(self.viewer.dims.point[-image.ndim:]))[axis]
             return [int(np.clip(round(float(index)), 0, image.data.shape[axis] - 1))]
-        return list(range(self.first.value, self.last.value + 1))
+        return list(range(self.first.value, self.stop.value))
 
     def _batches(self, mask: np.ndarray, indices: list[int] | None) -> int:
         """Batches the run will take: proposals x masked slices (2D models), in batches of the default size."""
@@ -196,6 +206,11 @@ class InpaintingWidget(Container):
             mask, notes = mask_for(image, self.viewer.layers[self.mask.value])
             settings = settings_for(self.mode.value, self.steps.value, self.jump_length.value, self.resamplings.value)
             indices = self._indices(image)
+            if indices is not None:
+                from ..slices import check_slices
+
+                depth = image.data.shape[self.axis.value] if image.ndim == 3 else 1
+                indices = check_slices(indices, depth, self.axis.value)
         except ValueError as err:
             self._fail(str(err))
             return None
@@ -234,10 +249,10 @@ class InpaintingWidget(Container):
                                                   **stack)
         single = placement(src)
         single["metadata"] = {**single["metadata"], "provenance": prov}
-        self.viewer.add_image(result.mean, name=f"{src.name} inpaint mean", **look, **single)
+        self.viewer.add_image(result.mean, name=f"{src.name} inpaint mean", visible=False, **look, **single)
         top = float(result.variance.max()) or 1.0
         self.viewer.add_image(result.variance, name=f"{src.name} inpaint variance", colormap="magma",
-                              blending="additive", contrast_limits=(0.0, top), **single)
+                              blending="additive", contrast_limits=(0.0, top), visible=False, **single)
         self.chosen.max = len(result.proposals) - 1
         self.progress.value = self.progress.max
         self.status.value = f"done: {prov['network_calls']} network calls in {prov.get('seconds', 0):.1f} s"

@@ -45,7 +45,8 @@ class PreviewLayer:
     def show(self, data: np.ndarray, name: str, **kwargs: Any) -> None:
         if self.layer is not None and self.layer in self.viewer.layers:
             self.layer.data = data
-        else:
+        else:  # marked, so that the widgets' image choice does not follow it
+            kwargs["metadata"] = {**kwargs.get("metadata", {}), "preview": True}
             self.layer = self.viewer.add_image(data, name=name, **kwargs)
 
     def remove(self, *_: Any) -> None:

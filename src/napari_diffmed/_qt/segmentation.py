@@ -18,6 +18,7 @@ from ..device import DEVICE_CHOICES
 from ..ensemble import DEFAULTS, MAX_MEMBERS, RULES
 from ..models import default_model, list_models
 from ..sampling import SCHEDULER_NAMES
+from .dock import FollowImage, short_tab_title
 from .layers import PreviewLayer, placement
 from .jobs import JobRunner
 
@@ -46,7 +47,8 @@ class SegmentationWidget(Container):
         self.axis = SpinBox(label="slice axis", min=0, max=2, value=0)
         self.region = ComboBox(label="region", choices=list(REGIONS), value=REGIONS[0])
         self.first = SpinBox(label="first slice", min=0, max=100_000, value=0)
-        self.last = SpinBox(label="last slice", min=0, max=100_000, value=SLAB - 1)
+        self.stop = SpinBox(label="stop slice (excluded)", min=1, max=100_000, value=SLAB,
+                            tooltip="the range is first, first + 1, ..., stop - 1, as --slices FIRST:STOP")
         self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
         self.keep_members = CheckBox(text="add the members as a stack layer", value=False)
         self.run_button, self.cancel_button = PushButton(text="Run"), PushButton(text="Cancel")
@@ -62,7 +64,7 @@ class SegmentationWidget(Container):
         self.metrics = Label(value="")
         super().__init__(widgets=[
             self.image, self.model, self.model_file, self.members, self.steps, self.scheduler, self.seed, self.axis,
-            self.region, self.first, self.last, self.device, self.keep_members,
+            self.region, self.first, self.stop, self.device, self.keep_members,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.progress, self.status, self.rule, self.threshold, self.reference, self.ranked,
             Container(widgets=[self.previous_button, self.next_button], layout="horizontal", labels=False),
@@ -79,6 +81,10 @@ class SegmentationWidget(Container):
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(self._refresh_layers)
         self._refresh_layers()
+        self.follow = FollowImage(viewer, self.image)
+        self.region.changed.connect(self._show_range)
+        self._show_range()
+        short_tab_title(self, "Segment")
         self.image.changed.connect(self._centre_range)
         self.axis.changed.connect(self._centre_range)
         self.run_button.changed.connect(self.run)
@@ -116,7 +122,11 @@ class SegmentationWidget(Container):
             return
         depth = image.data.shape[self.axis.value]
         start = int(np.clip(self._current_slice(image) - SLAB // 2, 0, max(0, depth - SLAB)))
-        self.first.value, self.last.value = start, min(depth, start + SLAB) - 1
+        self.first.value, self.stop.value = start, min(depth, start + SLAB)
+
+    def _show_range(self, *_: Any) -> None:
+        for field in (self.first, self.stop):
+            field.visible = self.region.value == "slice range"
 
     def model_source(self) -> str | None:
         path = self.model_file.value
@@ -132,7 +142,7 @@ class SegmentationWidget(Container):
             return None
         if self.region.value == "current slice":
             return [self._current_slice(image)]
-        return list(range(self.first.value, self.last.value + 1))
+        return list(range(self.first.value, self.stop.value))
 
     # --- running ------------------------------------------------------------------------------------
 
@@ -145,6 +155,7 @@ class SegmentationWidget(Container):
         from ..ensemble import check_segmentation_card, iter_segment_ensemble, planned_calls
         from ..models import ModelCard, resolve
         from ..models.checkpoint import card_path
+        from ..slices import check_slices
 
         if self.image.value is None or self.model_source() is None:
             self._fail("choose an image layer and a segmentation model")
@@ -157,8 +168,7 @@ class SegmentationWidget(Container):
             card = ModelCard.read(card_path(resolve(self.model_source())))  # the card only: the job loads the weights
             check_segmentation_card(card)
             depth = image.data.shape[self.axis.value] if image.ndim == 3 else 1
-            if indices is not None and (min(indices) < 0 or max(indices) >= depth):
-                raise ValueError(f"slices {indices[0]}..{indices[-1]} do not all lie in 0..{depth - 1}")
+            indices = check_slices(indices, depth, self.axis.value)
             n = 1 if card.spatial_dims == 3 else len(indices) if indices is not None else depth
             total = planned_calls(card, n, self.members.value, self.steps.value, self.scheduler.value)
         except (ValueError, OSError) as err:
@@ -189,13 +199,13 @@ class SegmentationWidget(Container):
         place = placement(src)
         place["metadata"] = {**place["metadata"], "provenance": result.provenance}
         name, add = src.name, self.viewer.add_image
-        self.result_layers = {
+        self.result_layers = {  # only the consensus arrives visible; the maps are a click away in the layer list
             "mean": add(result.mean, name=f"{name} ensemble mean", colormap="viridis", contrast_limits=(0, 1),
-                        opacity=0.6, blending="additive", **place),
+                        opacity=0.6, blending="additive", visible=False, **place),
             "variance": add(result.variance, name=f"{name} ensemble variance", colormap="magma", visible=False,
                             contrast_limits=(0, 0.25), blending="additive", **place),
             "entropy": add(result.entropy, name=f"{name} ensemble entropy", colormap="inferno", contrast_limits=(0, 1),
-                           blending="additive", opacity=0.7, **place),
+                           blending="additive", opacity=0.7, visible=False, **place),
         }
         if self.keep_members.value:
             stack = placement(src, lead=1)

@@ -17,6 +17,7 @@ from ..device import DEVICE_CHOICES
 from ..models import ModelCard, ModelCardError, default_model, list_models
 from ..sampling import SCHEDULER_NAMES
 from ..synthesis import DEFAULTS, MAX_GUIDANCE, MAX_SAMPLES, SWEEP_SCALES, SynthesisSettings
+from .dock import short_tab_title
 from .jobs import JobRunner
 from .layers import PreviewLayer
 
@@ -68,6 +69,7 @@ class SynthesisWidget(Container):
         self._card: ModelCard | None = None
         self._scale: tuple[float, ...] = ()
         self._model_changed()
+        short_tab_title(self, "Synthesize")
 
     # --- model choice -----------------------------------------------------------------------------
 

@@ -277,8 +277,8 @@ def write_card_metrics(weights_path: str | os.PathLike, metrics: dict[str, Any])
         raise ValueError(f"these metrics are of weights {evaluated[:12]}..., not of {weights.name} ({actual[:12]}...)")
     new = _plain(metrics)
     earlier = card.metrics.get("evaluation", {})
-    calibrated = card.metrics.get("anomaly", {}).get("threshold")
-    if earlier.get("weights_sha256") == actual and calibrated and "anomaly" in new:
+    calibrated = card.metrics.get("anomaly", {}).get("threshold")  # of these weights: the card matches them
+    if calibrated and "anomaly" in new:
         new["anomaly"].setdefault("threshold", calibrated)  # the default thresholds (evaluation.threshold) stay
     if earlier.get("weights_sha256") == actual and "evaluation" in new:  # a partial re-evaluation: merge
         kept = {k: v for k, v in card.metrics.items() if k not in new}

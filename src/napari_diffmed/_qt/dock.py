@@ -40,22 +40,21 @@ class FollowImage:
 
     def __init__(self, viewer, combo, on_follow: Callable[[], Any] | None = None) -> None:
         self.viewer, self.combo, self.on_follow = viewer, combo, on_follow
-        self.picked = False
+        self.picked = None  # the layer (or name) the user chose by hand
         combo.native.activated.connect(self._user_picked)  # only emitted for a choice made by hand
         viewer.layers.events.inserted.connect(lambda event: self._follow(event.value))
         viewer.layers.events.removed.connect(self._removed)
         viewer.layers.selection.events.active.connect(lambda event: self._follow(event.value))
 
     def _user_picked(self, *_: Any) -> None:
-        self.picked = True
+        self.picked = self.combo.value
 
     def _removed(self, event) -> None:
-        value = self.combo.value
-        if value is event.value or value == getattr(event.value, "name", None) or value is None:
-            self.picked = False
+        if self.picked is event.value or self.picked == getattr(event.value, "name", None):
+            self.picked = None
 
     def _follow(self, layer) -> None:
-        if self.picked or not isinstance(layer, Image) or any(key in layer.metadata for key in MADE_HERE):
+        if self.picked is not None or not isinstance(layer, Image) or any(key in layer.metadata for key in MADE_HERE):
             return
         self.combo.reset_choices()
         choices = self.combo.choices

@@ -1,4 +1,4 @@
-"""Start napari with the four napari-diffmed widgets docked, as ``napari -w napari-diffmed __all__`` does,
+"""Start napari with every napari-diffmed widget docked, as ``napari -w napari-diffmed __all__`` does,
 check that each is there and its tab title is not cut off, and save a screenshot of the whole window.
 
     xvfb-run -a python scripts/launch_check.py --screenshot .ci/artifacts/napari_widgets.png

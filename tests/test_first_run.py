@@ -67,7 +67,7 @@ def test_slices_outside_the_scan_fail_before_the_model_with_plain_numbers(comman
     code = main([*_command(command, files, tmp_path / "out", tiny_image_model), "--slices", "40:52"])
     err = capsys.readouterr().err
     assert code == 2
-    assert "slice indices 40:52 lie outside the scan's 6 slices along axis 0 (0:6)" in err
+    assert "slice indices must lie in 0:6 (the scan's 6 slices along axis 0); 40:52 do not" in err
     assert "np." not in err and "int64" not in err
     assert not (tmp_path / "out").exists()
 

@@ -35,7 +35,7 @@ def _pick(combo, value) -> None:
     combo.native.activated.emit(combo.native.currentIndex())
 
 
-def test_the_four_tabs_fit_at_napari_default_window_size(make_napari_viewer, qtbot, tmp_path):
+def test_the_tabs_fit_at_napari_default_window_size(make_napari_viewer, qtbot, tmp_path):
     check = _launch_check()
     viewer = make_napari_viewer(show=True)
     check.dock_all(viewer)
@@ -45,7 +45,7 @@ def test_the_four_tabs_fit_at_napari_default_window_size(make_napari_viewer, qtb
             viewer.window.resize(*size)
         qtbot.wait(100)
         titles = check.tab_titles(window)
-        assert [title for title, _ in titles] == ["Synthesize", "Segment", "Inpaint", "Anomaly"], size
+        assert [title for title, _ in titles] == ["Synthesize", "Segment", "Inpaint", "Anomaly", "Orientation"], size
         assert all(full for _, full in titles), (size, window.size(), titles)
     shot = viewer.screenshot(str(tmp_path / "window.png"), canvas_only=False)
     assert shot.shape[:2] == (window.height(), window.width()) or shot.shape[0] >= 500

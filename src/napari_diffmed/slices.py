@@ -38,7 +38,7 @@ def check_slices(indices: Sequence[int] | None, depth: int, axis: int = 0) -> li
     """Sorted, distinct plain ints that all lie in ``0..depth-1``; None stays None (every slice).
 
     Raises one ValueError naming the slices outside the scan with plain numbers, e.g.
-    ``slice indices 40:52 lie outside the scan's 25 slices along axis 0 (0:25)``.
+    ``slice indices must lie in 0:25 (the scan's 25 slices along axis 0); 40:52 do not``.
     """
     if indices is None:
         return None
@@ -47,7 +47,6 @@ def check_slices(indices: Sequence[int] | None, depth: int, axis: int = 0) -> li
         raise ValueError("no slices chosen; give at least one (or none at all for every slice)")
     outside = [v for v in values if not 0 <= v < depth]
     if outside:
-        some = "slice indices {} lie" if len(outside) > 1 else "slice index {} lies"
-        raise ValueError(f"{some.format(describe(outside))} outside the scan's {depth} slices along axis {axis} "
-                         f"(0:{depth})")
+        raise ValueError(f"slice indices must lie in 0:{depth} (the scan's {depth} slices along axis {axis}); "
+                         f"{describe(outside)} {'does' if len(outside) == 1 else 'do'} not")
     return values

@@ -17,6 +17,8 @@ import napari
 from magicgui.widgets import ComboBox, Container, Label
 from napari.components.overlays import TextOverlay
 
+from .dock import short_tab_title
+
 CONVENTIONS = ("radiological", "neurological", "napari")
 OPPOSITE = {"S": "I", "I": "S", "A": "P", "P": "A", "R": "L", "L": "R"}
 EDGES = {"top": "top_center", "bottom": "bottom_center", "left": "middle_left", "right": "middle_right"}
@@ -145,3 +147,4 @@ class OrientationWidget(Container):
         self.note = Label(value="the layers and saved files do not change")
         self.convention.changed.connect(self.guide.set_convention)
         self.extend([self.convention, self.note])
+        short_tab_title(self, "Orientation")

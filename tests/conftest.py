@@ -78,3 +78,14 @@ def run_widget(qtbot):
         return worker
 
     return run
+
+
+@pytest.fixture(scope="session")
+def remote_server(tmp_path_factory, tiny_image_model, tiny_seg_model):
+    """(url, token, process) of one ``napari-diffmed serve`` on 127.0.0.1 (CPU) with the tiny models, small
+    limits (1 MiB uploads, 100 000 voxels, 2 waiting jobs) and 5 s result lifetime, for the whole session."""
+    from server_helpers import serve
+
+    with serve(tmp_path_factory.mktemp("server"), [tiny_image_model, tiny_seg_model], "--max-request-mb", "1",
+               "--max-voxels", "100000", "--max-queue", "2", "--result-ttl", "5") as server:
+        yield server

@@ -8,7 +8,7 @@ import sys
 from typing import Sequence
 
 # Each module in napari_diffmed.commands defines ``add_parser(subparsers)`` and sets ``func`` on it.
-COMMANDS = ("sample", "segment", "inpaint", "anomaly", "train", "models")
+COMMANDS = ("sample", "segment", "inpaint", "anomaly", "train", "models", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, ConnectionError) as err:
         print(f"napari-diffmed {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..anomaly import COMPARES, DEFAULTS, LIMITS, METHODS, AnomalyResult, parse_slices
 from ..device import DEVICE_CHOICES
+from .backend import BackendChoice
 from .dock import FollowImage, short_tab_title
 from .jobs import JobRunner
 from .layers import PreviewLayer
@@ -56,6 +57,7 @@ class AnomalyWidget(Container):
                                tooltip="START:STOP (STOP excluded), e.g. 40:52, or 3,5,7; empty = all slices")
         self.reference = ComboBox(label="reference lesions", choices=self._layers("labels"), nullable=True, value=None)
         self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
+        self.backend = BackendChoice(self.device)
         self.run_button, self.cancel_button = PushButton(text="Run"), PushButton(text="Cancel")
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(value="")
@@ -64,7 +66,7 @@ class AnomalyWidget(Container):
         self.metrics = Label(value="")
         self.extend([self.image, self.model, self.model_file, self.method, self.level, self.depth, self.guidance,
                      self.compare, self.negative, self.reconstructions, self.steps, self.smoothing, self.seed,
-                     self.slices, self.reference, self.device,
+                     self.slices, self.reference, self.device, self.backend,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.progress, self.status, self.threshold, self.threshold_info, self.metrics])
         self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
@@ -137,6 +139,8 @@ class AnomalyWidget(Container):
         from ..models import ModelCard, resolve
         from ..models.checkpoint import card_path
         from ..slices import check_slices
+
+        iter_anomaly_map = self.backend.task(iter_anomaly_map)
 
         layer, model = self.image.value, self.model_source()
         try:

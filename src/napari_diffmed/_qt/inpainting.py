@@ -14,6 +14,7 @@ from napari.utils.notifications import show_error, show_info
 from ..device import DEVICE_CHOICES
 from ..inpainting import DEFAULTS, MODES, count_network_calls, describe, repaint_schedule, resample_mask
 from ..models import ModelCard, ModelCardError, list_models
+from .backend import BackendChoice
 from .dock import FollowImage, short_tab_title
 from .jobs import JobRunner
 from .layers import PreviewLayer, placement, world_matrix
@@ -69,6 +70,7 @@ class InpaintingWidget(Container):
         self.stop = SpinBox(label="stop slice (excluded)", min=1, max=100_000, value=1,
                             tooltip="the range is first, first + 1, ..., stop - 1, as --slices FIRST:STOP")
         self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
+        self.backend = BackendChoice(self.device)
         self.run_button, self.cancel_button = PushButton(text="Run"), PushButton(text="Cancel")
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(value="")
@@ -77,7 +79,7 @@ class InpaintingWidget(Container):
         super().__init__(widgets=[
             self.image, self.mask, self.model, self.model_file, self.class_name, self.mode, self.steps,
             self.jump_length, self.resamplings, self.calls, self.proposals, self.seed, self.region, self.axis,
-            self.first, self.stop, self.device, self.run_button, self.cancel_button, self.progress, self.status,
+            self.first, self.stop, self.device, self.backend, self.run_button, self.cancel_button, self.progress, self.status,
             self.chosen, self.accept_button,
         ])
         self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
@@ -195,6 +197,8 @@ class InpaintingWidget(Container):
     def run(self, *_: Any):
         """Copy the layers, start the job; returns the worker (None on bad input)."""
         from ..inpainting import iter_inpaint, settings_for
+
+        iter_inpaint = self.backend.task(iter_inpaint)
 
         if self.image.value is None or self.mask.value is None or self.model_source() is None:
             self._fail("choose an image layer, a mask layer (Labels or Shapes) and a model")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, Generator
 
@@ -42,9 +43,12 @@ class JobRunner:
             show_info("a job is already running; cancel it first")
             return None
 
+        running = []  # the job's generator, closed on Cancel (a server job stops there too)
+
         def _gen():
+            running.append(job())
             with _inference_mode():
-                result = yield from job()
+                result = yield from running[0]
             return result
 
         worker = create_worker(_gen, _progress={"total": max(1, total), "desc": description})
@@ -76,6 +80,8 @@ class JobRunner:
 
         def aborted() -> None:
             self._set_status("cancelled")
+            for gen in running:  # suspended at a yield: closing it off the GUI thread is safe and never blocks here
+                threading.Thread(target=gen.close, daemon=True).start()
 
         def finished() -> None:
             self.worker = None

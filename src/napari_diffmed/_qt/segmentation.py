@@ -18,6 +18,7 @@ from ..device import DEVICE_CHOICES
 from ..ensemble import DEFAULTS, MAX_MEMBERS, RULES
 from ..models import default_model, list_models
 from ..sampling import SCHEDULER_NAMES
+from .backend import BackendChoice
 from .dock import FollowImage, short_tab_title
 from .layers import PreviewLayer, placement
 from .jobs import JobRunner
@@ -50,6 +51,7 @@ class SegmentationWidget(Container):
         self.stop = SpinBox(label="stop slice (excluded)", min=1, max=100_000, value=SLAB,
                             tooltip="the range is first, first + 1, ..., stop - 1, as --slices FIRST:STOP")
         self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
+        self.backend = BackendChoice(self.device)
         self.keep_members = CheckBox(text="add the members as a stack layer", value=False)
         self.run_button, self.cancel_button = PushButton(text="Run"), PushButton(text="Cancel")
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
@@ -64,7 +66,7 @@ class SegmentationWidget(Container):
         self.metrics = Label(value="")
         super().__init__(widgets=[
             self.image, self.model, self.model_file, self.members, self.steps, self.scheduler, self.seed, self.axis,
-            self.region, self.first, self.stop, self.device, self.keep_members,
+            self.region, self.first, self.stop, self.device, self.backend, self.keep_members,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.progress, self.status, self.rule, self.threshold, self.reference, self.ranked,
             Container(widgets=[self.previous_button, self.next_button], layout="horizontal", labels=False),
@@ -157,6 +159,7 @@ class SegmentationWidget(Container):
         from ..models.checkpoint import card_path
         from ..slices import check_slices
 
+        iter_segment_ensemble = self.backend.task(iter_segment_ensemble)
         if self.image.value is None or self.model_source() is None:
             self._fail("choose an image layer and a segmentation model")
             return None

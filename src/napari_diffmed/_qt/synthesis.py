@@ -17,6 +17,7 @@ from ..device import DEVICE_CHOICES
 from ..models import ModelCard, ModelCardError, default_model, list_models
 from ..sampling import SCHEDULER_NAMES
 from ..synthesis import DEFAULTS, MAX_GUIDANCE, MAX_SAMPLES, SWEEP_SCALES, SynthesisSettings
+from .backend import BackendChoice
 from .dock import short_tab_title
 from .jobs import JobRunner
 from .layers import PreviewLayer
@@ -50,13 +51,14 @@ class SynthesisWidget(Container):
         self.sweep = CheckBox(text="guidance sweep (same seed, side by side)", value=False)
         self.sweep_scales = LineEdit(label="sweep scales", value=", ".join(f"{w:g}" for w in SWEEP_SCALES))
         self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value=DEFAULTS.device)
+        self.backend = BackendChoice(self.device)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel")
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(value="")
         super().__init__(widgets=[
             self.model, self.model_file, self.info, self.scheduler, self.steps, self.n_samples, self.seed,
-            self.class_name, self.guidance, self.sweep, self.sweep_scales, self.device, self.run_button,
+            self.class_name, self.guidance, self.sweep, self.sweep_scales, self.device, self.backend, self.run_button,
             self.cancel_button, self.progress, self.status,
         ])
         self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
@@ -138,6 +140,8 @@ class SynthesisWidget(Container):
     def run(self, *_: Any):
         """Start sampling with the current settings; returns the worker (None on bad input)."""
         from ..synthesis import check_settings, iter_guidance_sweep, iter_synthesize
+
+        iter_guidance_sweep, iter_synthesize = self.backend.task(iter_guidance_sweep), self.backend.task(iter_synthesize)
 
         if self._card is None:
             self._fail(self.info.value or "choose a model, or give a model file")

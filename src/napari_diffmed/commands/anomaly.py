@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..anomaly import COMPARES, DEFAULTS, METHODS
-from .common import add_common, file_runner, printer, write_sidecar
+from .common import add_common, file_runner, on_server, printer, write_sidecar
 
 
 def add_parser(subparsers) -> None:
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_scan, write_nifti
     from ..slices import check_slices, parse_slices
 
+    (anomaly_map,) = on_server(args, anomaly_map)
     scan, kwargs, _ = read_scan(args.scan, as_labels=False, series=args.series)
     if scan.ndim not in (2, 3):
         raise ValueError(f"{args.scan}: expected a 2D or 3D scan, got shape {scan.shape}")

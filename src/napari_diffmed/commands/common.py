@@ -18,6 +18,20 @@ def add_common(parser: argparse.ArgumentParser, model_help: str = "model name or
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="run on a napari-diffmed server (token: $NAPARI_DIFFMED_TOKEN or the user's server list)")
+
+
+def on_server(args: argparse.Namespace, *functions: Callable[..., Any]) -> tuple[Callable[..., Any], ...]:
+    """``functions`` themselves, or with ``--server`` the remote client's functions of the same names."""
+    if args.server is None:
+        return functions
+    from ..remote import Client
+
+    if args.device != "auto":
+        raise ValueError("--device chooses this computer's device; a server runs on its own (serve --device)")
+    client = Client(args.server)
+    return tuple(getattr(client, f.__name__) for f in functions)
 
 
 def write_sidecar(path: Path, record: dict[str, Any], overwrite: bool = False) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..inpainting import DEFAULTS, MODES, describe
-from .common import add_common, file_runner, printer, write_sidecar
+from .common import add_common, file_runner, on_server, printer, write_sidecar
 
 
 def add_parser(subparsers) -> None:
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_scan, write_nifti
     from ..slices import describe as describe_slices
 
+    image_model, inpaint = on_server(args, image_model, inpaint)
     say = (lambda *a: None) if args.quiet else print
     scan, scan_kw, _ = read_scan(args.scan, as_labels=False, series=args.series)
     try:

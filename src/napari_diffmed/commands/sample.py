@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..sampling import SCHEDULER_NAMES
 from ..synthesis import DEFAULTS, MAX_SAMPLES
-from .common import add_common, printer, write_sidecar
+from .common import add_common, on_server, printer, write_sidecar
 
 
 def add_parser(subparsers) -> None:
@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models.checkpoint import card_path
     from ..synthesis import check_settings, guidance_sweep, load_image_model, synthesize
 
+    guidance_sweep, load_image_model, synthesize = on_server(args, guidance_sweep, load_image_model, synthesize)
     class_name = int(args.class_name) if args.class_name is not None and args.class_name.isdigit() else args.class_name
     card = ModelCard.read(card_path(resolve(args.model or default_model("image", 2, "synthesis"))))  # no weights yet
     tags = [f"_w{w:g}" for w in args.sweep] if args.sweep else [""]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..ensemble import DEFAULTS, RULES
 from ..sampling import SCHEDULER_NAMES
-from .common import add_common, file_runner, printer, write_sidecar
+from .common import add_common, file_runner, on_server, printer, write_sidecar
 
 OUTPUTS = {"labels": "seg_labels", "mean": "seg_mean", "votes": "seg_votes", "variance": "seg_variance",
            "entropy": "seg_entropy", "mutual_information": "seg_mutual_information"}
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_scan, write_nifti
     from ..slices import check_slices, parse_slices
 
+    segment_ensemble, segmentation_model = on_server(args, segment_ensemble, segmentation_model)
     log = (lambda *a: None) if args.quiet else print
     if not 0 <= args.threshold <= 1:
         raise ValueError(f"--threshold must be from 0 to 1, got {args.threshold}")

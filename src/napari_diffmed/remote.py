@@ -1,0 +1,338 @@
+"""The client of ``napari-diffmed serve``: the package's task functions, run on a server's GPU.
+
+>>> client = Client("https://gpu.lab:8765")  # doctest: +SKIP
+>>> seg = client.segment_ensemble(scan, spacing, members=8, indices=range(40, 52))  # doctest: +SKIP
+
+A :class:`Client` has the same task functions and ``iter_`` forms as the package root, with the same
+arguments, and returns the same result dataclasses; their provenance also names the server and its
+device. Models are the server's, by name; arrays travel as ``.npy`` without pickle. The token comes
+from ``token=``, else ``$NAPARI_DIFFMED_TOKEN``, else the user's server list (:func:`config_path`).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import inspect
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Generator, Iterator
+
+import numpy as np
+
+from .progress import Progress, drive
+from .wire import decode_result, from_npy, grow_preview, jsonable, to_npy
+
+ENV_TOKEN = "NAPARI_DIFFMED_TOKEN"
+ENV_CONFIG = "NAPARI_DIFFMED_CONFIG"
+# plain form -> (module, iter form, name of its progress callback)
+TASKS = {
+    "synthesize": ("synthesis", "iter_synthesize", "callback"),
+    "guidance_sweep": ("synthesis", "iter_guidance_sweep", "callback"),
+    "segment_ensemble": ("ensemble", "iter_segment_ensemble", "callback"),
+    "inpaint": ("inpainting", "iter_inpaint", "on_progress"),
+    "anomaly_map": ("anomaly", "iter_anomaly_map", "callback"),
+}
+
+
+class ServerConnectionError(ConnectionError):
+    """The server could not be reached, or went away before the job's result arrived."""
+
+
+class ServerRefused(ValueError):
+    """The server refused a request (``status``: 401 token, 413 too large, 422 bad settings, 429 busy)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"the server refused the request ({status}): {message}")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """A server's model: its card and id (the weights stay on the server)."""
+
+    card: Any
+    model_id: str
+    path: str
+
+
+def config_path() -> Path:
+    """The user's server list: ``$NAPARI_DIFFMED_CONFIG``, else ``~/.config/napari-diffmed/servers.json``."""
+    if os.environ.get(ENV_CONFIG):
+        return Path(os.environ[ENV_CONFIG]).expanduser()
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or "~/.config").expanduser()
+    return base / "napari-diffmed" / "servers.json"
+
+
+def saved_servers() -> list[dict[str, str]]:
+    """``[{"url": ..., "token": ...}, ...]`` from the user's server list (empty when there is none)."""
+    path = config_path()
+    if not path.is_file():
+        return []
+    try:
+        servers = json.loads(path.read_text()).get("servers", [])
+    except (ValueError, AttributeError) as err:
+        raise ValueError(f"cannot read the server list {path}: {err}") from None
+    return [s for s in servers if isinstance(s, dict) and isinstance(s.get("url"), str)]
+
+
+def save_server(url: str, token: str | None = None) -> Path:
+    """Add or update a server in the user's server list (readable by the user only)."""
+    url = url.rstrip("/")
+    servers = [s for s in saved_servers() if s["url"].rstrip("/") != url] + [
+        {"url": url, **({"token": token} if token else {})}]
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"servers": servers}, f, indent=2)
+    return path
+
+
+def token_for(url: str) -> str | None:
+    """``$NAPARI_DIFFMED_TOKEN``, else the token saved for ``url``."""
+    if os.environ.get(ENV_TOKEN):
+        return os.environ[ENV_TOKEN]
+    for server in saved_servers():
+        if server["url"].rstrip("/") == url.rstrip("/"):
+            return server.get("token")
+    return None
+
+
+def _events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Server-Sent Events as (kind, JSON data); a comment (the server's heartbeat) as ("heartbeat", {})."""
+    kind, data = "message", []
+    for line in lines:
+        if line.startswith(":"):
+            yield "heartbeat", {}
+        elif not line:
+            if data:
+                yield kind, json.loads("\n".join(data))
+            kind, data = "message", []
+        elif line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+class Client:
+    """A napari-diffmed server at ``url``; see the module's docstring. ``timeout``: seconds without a word
+    from the server (it sends one every few seconds) before the connection counts as lost."""
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 60.0) -> None:
+        try:
+            import httpx  # noqa: F401
+        except ModuleNotFoundError:
+            raise ValueError("a server client needs httpx: pip install 'napari-diffmed[server]'") from None
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"server URL must start with http:// or https://, got {url!r}")
+        self.url, self.timeout = url.rstrip("/"), float(timeout)
+        self._token = token or token_for(self.url)
+        self.last_job_id: str | None = None
+        self.last_transfer: dict[str, float] = {}
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"Client({self.url!r})"
+
+    def _http(self):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=httpx.Timeout(self.timeout, connect=10.0))
+
+    def _call(self, method: str, path: str, http=None, **kwargs):
+        import httpx
+
+        try:
+            if http is None:
+                with self._http() as own:
+                    response = own.request(method, path, **kwargs)
+            else:
+                response = http.request(method, path, **kwargs)
+        except httpx.TransportError as err:
+            raise ServerConnectionError(f"cannot reach the server {self.url}: {err}") from None
+        _check(response)
+        return response
+
+    def health(self) -> dict[str, Any]:
+        """Version, device, GPU name and memory, queue."""
+        return self._call("GET", "/health").json()
+
+    def models(self) -> list[dict[str, Any]]:
+        """The server's model cards (as JSON)."""
+        return self._call("GET", "/models").json()
+
+    def model(self, name: str, task: str) -> RemoteModel:
+        """The server's model ``name``, checked to be made for ``task``."""
+        from .models import ModelCard
+
+        cards = {c["name"]: c for c in self.models()}
+        if name not in cards:
+            raise ValueError(f"unknown model {name!r} on {self.url}; it has {sorted(cards)}")
+        card = ModelCard.from_dict({k: v for k, v in cards[name].items() if k != "source"}, source=self.url)
+        if card.task != task:
+            raise ValueError(f"model {name!r} is a {card.task} model; this needs a {task} model")
+        return RemoteModel(card, f"{card.name}@{card.weights_sha256[:12]}", f"{self.url}/models/{name}")
+
+    def load_image_model(self, model: str | None = None, device: str = "auto") -> RemoteModel:
+        from .models import default_model
+
+        return self.model(_name(model) or default_model("image", 2, "synthesis"), "image")
+
+    def image_model(self, model: str | None = None, device: str = "auto") -> RemoteModel:
+        from .inpainting import DEFAULTS
+
+        return self.model(_name(model) or DEFAULTS.model, "image")
+
+    def segmentation_model(self, model: str | None = None, device: str = "auto") -> RemoteModel:
+        from .ensemble import check_segmentation_card
+        from .models import default_model
+
+        loaded = self.model(_name(model) or default_model("segmentation", 2), "segmentation")
+        check_segmentation_card(loaded.card)
+        return loaded
+
+    def run(self, task: str, arguments: dict[str, Any]) -> Generator[Progress, None, Any]:
+        """Run ``iter_<task>`` on the server with ``arguments``; yields progress, returns the result.
+        Closing the generator cancels the job on the server."""
+        import httpx
+
+        arrays = {k: np.asarray(arguments.pop(k)) for k in ("image", "mask") if arguments.get(k) is not None}
+        arguments.pop("device", None)  # the server's device
+        if arguments.get("model") is not None:
+            arguments["model"] = _name(arguments["model"])
+        body = {"task": task, "kwargs": jsonable(arguments)}
+        sent = received = 0
+        start = time.perf_counter()
+        try:
+            with self._http() as http:
+                refs = {}
+                for name, array in arrays.items():
+                    data = to_npy(array)
+                    sent += len(data)
+                    refs[name] = self._call("POST", "/uploads", http, content=data,
+                                            headers={"Content-Type": "application/octet-stream"}).json()["id"]
+                uploading = time.perf_counter() - start
+                with http.stream("POST", "/jobs", json={**body, "arrays": refs}) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        _check(response)
+                    final = yield from self._follow(http, response)
+                    received += response.num_bytes_downloaded
+                fetch = time.perf_counter()
+                out = {}
+                for name in final["arrays"]:
+                    got = self._call("GET", f"/jobs/{self.last_job_id}/arrays/{name}", http)
+                    received += len(got.content)
+                    out[name] = from_npy(got.content)
+                downloading = time.perf_counter() - fetch
+                try:
+                    http.delete(f"/jobs/{self.last_job_id}")
+                except httpx.TransportError:
+                    pass  # the server deletes it after its time to live
+        except httpx.TransportError as err:
+            raise ServerConnectionError(f"lost the connection to the server {self.url} before the result "
+                                        f"arrived: {err or type(err).__name__}") from None
+        self.last_transfer = {"sent": sent + len(json.dumps(body)), "received": received,
+                              "transfer_seconds": round(uploading + downloading, 3)}
+        result = decode_result(final["result"], out)
+        server = final.get("server", {})
+        gpu = (server.get("gpu") or {}).get("name")
+        for res in getattr(result, "results", [result]):
+            res.provenance.update(server=self.url, server_device=server.get("device"), server_gpu=gpu,
+                                  server_version=server.get("version"))
+        return result
+
+    def _follow(self, http, response) -> Generator[Progress, None, dict[str, Any]]:
+        """Yield the job's progress; return its ``done`` event. Closing cancels the job."""
+        job, waiting = None, None
+        events = _events(response.iter_lines())  # held here: dropping it would close the stream before the cancel
+        try:
+            for kind, data in events:
+                if kind == "accepted":
+                    job = self.last_job_id = data["job"]
+                elif kind == "queued":
+                    waiting = Progress(0, 0, None, f"queued on {self.url}: number {data['position']} in line")
+                    yield waiting
+                elif kind == "heartbeat" and waiting is not None:
+                    yield waiting  # a waiting job's consumer can still cancel it every few seconds
+                elif kind == "started":
+                    waiting = None
+                elif kind == "progress":
+                    yield Progress(data["done"], data["total"], _preview(data.get("preview")), data["message"])
+                elif kind == "done":
+                    return data
+                elif kind == "failed":
+                    if data["type"] == "ValueError":
+                        raise ValueError(data["message"])
+                    raise RuntimeError(f"the job failed on {self.url}: {data['type']}: {data['message']}")
+                elif kind == "cancelled":
+                    raise ServerConnectionError(f"the server {self.url} stopped the job: {data['reason']}")
+        except GeneratorExit:
+            if job is not None:
+                try:
+                    http.post(f"/jobs/{job}/cancel", timeout=5.0)
+                except Exception:  # noqa: BLE001 - closing the stream cancels it as well
+                    pass
+            raise
+        raise ServerConnectionError(f"the server {self.url} ended the progress stream before the job ended")
+
+
+def _check(response) -> None:
+    if response.status_code >= 400:
+        try:
+            message = response.json().get("detail", response.text)
+        except ValueError:
+            message = response.text
+        raise ServerRefused(response.status_code, str(message))
+
+
+def _name(model: Any) -> str | None:
+    """A model name for the server; paths and loaded weights cannot be sent."""
+    if model is None or isinstance(model, RemoteModel):
+        return None if model is None else model.card.name
+    text = str(model)
+    if not isinstance(model, str) or text.endswith((".safetensors", ".json")) or os.sep in text or "/" in text:
+        raise ValueError(f"a server runs only the models it knows, by name (no paths or weights); got {text!r}; "
+                         "see Client.models()")
+    return text
+
+
+def _preview(data: dict[str, Any] | None) -> np.ndarray | None:
+    if data is None:
+        return None
+    return grow_preview(from_npy(base64.b64decode(data["npy"])), int(data["stride"]), tuple(data["shape"]))
+
+
+def _make(plain: str, iter_form: bool) -> Callable[..., Any]:
+    module, iter_name, callback = TASKS[plain]
+    local = getattr(importlib.import_module(f"napari_diffmed.{module}"), iter_name if iter_form else plain)
+    iter_params = inspect.signature(getattr(importlib.import_module(f"napari_diffmed.{module}"), iter_name)).parameters
+
+    def method(self: Client, *args: Any, **kwargs: Any) -> Any:
+        bound = inspect.signature(local).bind(*args, **kwargs)
+        arguments = dict(bound.arguments)
+        for name, param in inspect.signature(local).parameters.items():
+            if param.kind == param.VAR_KEYWORD:
+                arguments.update(arguments.pop(name, {}))
+        if iter_form:
+            return self.run(iter_name, arguments)
+        progress = arguments.pop(callback, None)
+        if "preview" in iter_params and "preview" not in arguments:
+            arguments["preview"] = False  # as the plain local form
+        return drive(self.run(iter_name, arguments), progress)
+
+    method.__name__ = method.__qualname__ = iter_name if iter_form else plain
+    sig = inspect.signature(local)
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    method.__signature__ = sig.replace(parameters=[self_param, *sig.parameters.values()])
+    method.__doc__ = f"{local.__doc__}\n\nRuns on the server (see :class:`Client`)."
+    return method
+
+
+for _plain in TASKS:
+    setattr(Client, _plain, _make(_plain, False))
+    setattr(Client, TASKS[_plain][1], _make(_plain, True))

@@ -1,0 +1,253 @@
+"""``napari-diffmed serve`` on 127.0.0.1 (CPU, tiny models) and its client: the same results as local runs,
+tokens, limits, cancellation, the queue, results' lifetime, and a server killed mid-job."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+import napari_diffmed as dm
+from napari_diffmed.remote import Client, ServerConnectionError, ServerRefused
+from server_helpers import one_thread, serve
+
+SERVER_KEYS = {"server", "server_device", "server_gpu", "server_version"}
+RUN_KEYS = {"seconds", "model_path"}  # where and how long: the rest of the provenance must match
+
+
+def assert_same_result(remote, local) -> None:
+    assert type(remote) is type(local)
+    for field in dataclasses.fields(local):
+        a, b = getattr(remote, field.name), getattr(local, field.name)
+        if field.name == "provenance":
+            assert {k: v for k, v in a.items() if k not in SERVER_KEYS | RUN_KEYS} == json.loads(json.dumps(
+                {k: v for k, v in b.items() if k not in RUN_KEYS}))
+        elif isinstance(b, np.ndarray):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
+        elif isinstance(b, list) and b and dataclasses.is_dataclass(b[0]):
+            for x, y in zip(a, b, strict=True):
+                assert_same_result(x, y)
+        else:
+            assert a == b
+
+
+@pytest.fixture
+def client(remote_server):
+    url, token, _ = remote_server
+    return Client(url, token=token)
+
+
+def health(remote_server) -> dict:
+    url, token, _ = remote_server
+    return httpx.get(f"{url}/health", headers={"Authorization": f"Bearer {token}"}).json()
+
+
+@pytest.fixture
+def calls(tiny_image_model, tiny_seg_model, small_volume):
+    """task -> (positional args, keyword args of the local run, the same for the server)."""
+    p = small_volume
+    return {
+        "synthesize": ((), dict(n=2, steps=4, seed=3, class_name="lesion", guidance=2.0)),
+        "guidance_sweep": ((), dict(scales=(0.0, 2.0), n=1, steps=3, seed=1)),
+        "segment_ensemble": ((p.image, p.spacing), dict(members=3, steps=3, seed=2, indices=[2, 3])),
+        "inpaint": ((p.image, p.mask, p.spacing), dict(proposals=2, steps=4, jump_length=2, resamplings=2, seed=1)),
+        "anomaly_map": ((p.image, p.spacing), dict(method="ddim", depth=200, steps=10, indices=range(2, 4), seed=4)),
+    }
+
+
+@pytest.mark.parametrize("task", ["synthesize", "guidance_sweep", "segment_ensemble", "inpaint", "anomaly_map"])
+def test_each_task_through_the_client_equals_the_local_run(client, calls, task, tiny_image_model, tiny_seg_model,
+                                                           remote_server):
+    args, kwargs = calls[task]
+    local_model = tiny_seg_model if task == "segment_ensemble" else tiny_image_model
+    with one_thread():
+        local = getattr(dm, task)(*args, model=local_model, device="cpu", **kwargs)
+    events = []
+    remote = getattr(client, task)(*args, model="tiny_seg" if task == "segment_ensemble" else "tiny_image",
+                                   **{"callback" if task != "inpaint" else "on_progress": events.append}, **kwargs)
+    assert_same_result(remote, local)
+    for res in getattr(remote, "results", [remote]):
+        assert res.provenance["server"] == remote_server[0] and res.provenance["server_device"] == "cpu"
+    assert events and events[-1].done == events[-1].total > 0
+
+
+def test_iter_form_streams_the_local_progress_with_bounded_previews(client, small_volume, tiny_seg_model):
+    p = small_volume
+    kw = dict(members=2, steps=3, seed=0, indices=[1, 2, 3])
+    with one_thread():
+        local = list(dm.iter_segment_ensemble(p.image, p.spacing, model=tiny_seg_model, device="cpu", **kw))
+    remote = list(client.iter_segment_ensemble(p.image, p.spacing, model="tiny_seg", **kw))
+    assert [(e.done, e.total, e.message) for e in remote] == [(e.done, e.total, e.message) for e in local]
+    shown = [e for e in remote if e.preview is not None]
+    assert shown and shown[-1].done == shown[-1].total  # the final state always arrives
+    assert all(e.preview.shape == p.image.shape for e in shown)
+    np.testing.assert_array_equal(shown[-1].preview, local[-1].preview)
+
+
+def test_a_missing_or_wrong_token_gets_401_and_runs_nothing(remote_server, small_volume):
+    url, token, _ = remote_server
+    before = health(remote_server)["queue"]["jobs_started"]
+    job = {"task": "iter_synthesize", "kwargs": {"model": "tiny_image", "n": 1, "steps": 2}}
+    for headers in ({}, {"Authorization": "Bearer not-the-token-at-all"}, {"Authorization": f"Basic {token}"}):
+        for path, body in (("/jobs", {"json": job}), ("/uploads", {"content": b"x" * 10}), ("/health", {})):
+            response = httpx.request("GET" if path == "/health" else "POST", url + path, headers=headers, **body)
+            assert response.status_code == 401 and "bearer token" in response.json()["detail"]
+    with pytest.raises(ServerRefused, match="401") as err:
+        Client(url, token="wrong-token-of-some-length").synthesize(model="tiny_image", n=1, steps=2)
+    assert err.value.status == 401
+    assert health(remote_server)["queue"]["jobs_started"] == before
+
+
+def npy(array, allow_pickle: bool = False) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=allow_pickle)
+    return buffer.getvalue()
+
+
+def test_oversized_or_malformed_requests_get_413_or_422_with_a_message(remote_server, client):
+    url, token, _ = remote_server
+    auth = {"Authorization": f"Bearer {token}"}
+    before = health(remote_server)["queue"]["jobs_started"]
+
+    def upload(data: bytes):
+        return httpx.post(f"{url}/uploads", content=data, headers=auth)
+
+    def submit(job):
+        return httpx.post(f"{url}/jobs", json=job, headers=auth)
+
+    refused = {
+        "voxels": (upload(npy(np.zeros((400, 400), np.uint8))), 413, "160000 voxels, more than this server's limit"),
+        "bytes": (upload(npy(np.zeros((600, 600), np.float32))), 413, "larger than this server's limit of 1048576"),
+        "garbage": (upload(b"not an array at all"), 422, "not a .npy array"),
+        "pickle": (upload(npy(np.array([{"a": 1}], dtype=object), allow_pickle=True)), 422, "no objects or pickles"),
+        "dims": (upload(npy(np.zeros((2, 2, 2, 2), np.float32))), 422, "at most 3 dimensions"),
+        "truncated": (upload(npy(np.zeros((8, 8), np.float32))[:-5]), 422, "does not match its header"),
+        "setting": (submit({"task": "iter_synthesize", "kwargs": {"n": 1, "stepz": 3}}), 422, "unknown settings ['stepz']"),
+        "task": (submit({"task": "iter_train", "kwargs": {}}), 422, "unknown task 'iter_train'"),
+        "path": (submit({"task": "iter_synthesize", "kwargs": {"model": "/tmp/evil.safetensors"}}), 422,
+                 "only the models it knows"),
+        "json": (httpx.post(f"{url}/jobs", content=b"{not json", headers=auth), 422, "a job is JSON"),
+        "upload id": (submit({"task": "iter_segment_ensemble", "arrays": {"image": "nope"}}), 422, "unknown upload ids"),
+        "no image": (submit({"task": "iter_segment_ensemble", "kwargs": {}}), 422, "missing a required argument"),
+    }
+    for name, (response, status, message) in refused.items():
+        assert response.status_code == status, (name, response.text)
+        assert message in response.json()["detail"], (name, response.json())
+    with pytest.raises(ValueError, match="only the models it knows"):  # refused by the client before sending
+        client.synthesize(model="/some/where/my_model.safetensors", n=1)
+    assert health(remote_server)["queue"]["jobs_started"] == before
+
+
+def test_cancel_on_the_client_stops_the_server_job_within_one_step(client, remote_server):
+    url, token, _ = remote_server
+    run = client.iter_synthesize(model="tiny_image", n=2, steps=400, seed=0)
+    seen = [next(run) for _ in range(3)]
+    run.close()
+    status = httpx.get(f"{url}/jobs/{client.last_job_id}", headers={"Authorization": f"Bearer {token}"}).json()
+    assert status["state"] == "cancelled" and status["cancel_reason"] == "cancelled by the client"
+    assert seen[-1].done <= status["done_at_cancel"] and status["done"] - status["done_at_cancel"] <= 1
+    assert status["done"] < 400
+
+
+def test_a_client_that_disconnects_has_its_job_cancelled(remote_server):
+    url, token, _ = remote_server
+    auth = {"Authorization": f"Bearer {token}"}
+    job = {"task": "iter_synthesize", "kwargs": {"model": "tiny_image", "n": 2, "steps": 400}}
+    with httpx.stream("POST", f"{url}/jobs", json=job, headers=auth) as response:
+        job_id = response.headers["x-job-id"]
+        lines = response.iter_lines()
+        while "progress" not in next(lines):
+            pass
+    for _ in range(100):  # the server notices at its next send, within a heartbeat
+        status = httpx.get(f"{url}/jobs/{job_id}", headers=auth).json()
+        if status["state"] == "cancelled":
+            break
+        threading.Event().wait(0.1)
+    assert status["state"] == "cancelled" and status["cancel_reason"] == "the client disconnected"
+
+
+def test_two_clients_at_once_are_queued_in_order_and_both_finish(remote_server, tiny_image_model):
+    url, token, _ = remote_server
+    results, events = {}, {"a": [], "b": []}
+
+    def work(name: str, seed: int) -> None:
+        results[name] = Client(url, token=token).synthesize(model="tiny_image", n=2, steps=60, seed=seed,
+                                                            callback=events[name].append)
+
+    first = threading.Thread(target=work, args=("a", 1))
+    first.start()
+    while not events["a"]:  # a runs
+        threading.Event().wait(0.02)
+    second = threading.Thread(target=work, args=("b", 2))
+    second.start()
+    first.join(60)
+    second.join(60)
+    queued = [e.message for e in events["b"] if e.total == 0]
+    assert queued and "number 1 in line" in queued[0]
+    assert not any(e.total == 0 for e in events["a"])
+    for name, seed in (("a", 1), ("b", 2)):
+        with one_thread():
+            local = dm.synthesize(model=tiny_image_model, n=2, steps=60, seed=seed, device="cpu")
+        np.testing.assert_array_equal(results[name].samples, local.samples)
+
+
+def test_a_full_queue_gets_429_and_runs_nothing(remote_server, client):
+    url, token, _ = remote_server
+    runs = [Client(url, token=token).iter_synthesize(model="tiny_image", n=1, steps=1000) for _ in range(3)]
+    try:
+        next(runs[0])  # running
+        for run in runs[1:]:  # waiting: the server takes 2
+            assert "in line" in next(run).message
+        before = health(remote_server)["queue"]
+        with pytest.raises(ServerRefused, match="queue is full") as err:
+            client.synthesize(model="tiny_image", n=1, steps=2)
+        assert err.value.status == 429
+        assert health(remote_server)["queue"]["jobs_started"] == before["jobs_started"]
+    finally:
+        for run in runs:
+            run.close()
+
+
+def test_results_are_deleted_after_their_time_to_live(remote_server):
+    url, token, _ = remote_server
+    auth = {"Authorization": f"Bearer {token}"}
+    job = {"task": "iter_synthesize", "kwargs": {"model": "tiny_image", "n": 1, "steps": 2}}
+    with httpx.stream("POST", f"{url}/jobs", json=job, headers=auth) as response:
+        job_id = response.headers["x-job-id"]
+        assert any(line == "event: done" for line in response.iter_lines())
+    assert httpx.get(f"{url}/jobs/{job_id}/arrays/r.samples", headers=auth).status_code == 200
+    for _ in range(150):
+        gone = httpx.get(f"{url}/jobs/{job_id}", headers=auth)
+        if gone.status_code == 404:
+            break
+        threading.Event().wait(0.1)
+    assert gone.status_code == 404 and "kept 5 s" in gone.json()["detail"]
+
+
+def test_models_and_health_describe_the_server(client):
+    names = {card["name"]: card for card in client.models()}
+    assert names["tiny_seg"]["task"] == "segmentation" and names["tiny_image"]["class_names"] == ["healthy", "lesion"]
+    state = client.health()
+    assert state["device"] == "cpu" and state["gpu"] is None and state["version"] == dm.__version__
+    assert set(state["queue"]) >= {"running", "waiting", "max_waiting", "concurrency"}
+    assert client.segmentation_model("tiny_seg").model_id.startswith("tiny_seg@")
+    with pytest.raises(ValueError, match="is a segmentation model"):
+        client.load_image_model("tiny_seg")
+
+
+def test_a_killed_server_is_a_clear_client_error_and_no_result(tmp_path, tiny_image_model):
+    with serve(tmp_path, [tiny_image_model]) as (url, token, proc):
+        run = Client(url, token=token).iter_synthesize(model="tiny_image", n=2, steps=400)
+        next(run)
+        proc.kill()
+        with pytest.raises(ServerConnectionError, match="lost the connection to the server"):
+            for _ in run:
+                pass
+        with pytest.raises(ServerConnectionError, match="cannot reach the server"):
+            Client(url, token=token).health()

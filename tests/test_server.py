@@ -251,3 +251,72 @@ def test_a_killed_server_is_a_clear_client_error_and_no_result(tmp_path, tiny_im
                 pass
         with pytest.raises(ServerConnectionError, match="cannot reach the server"):
             Client(url, token=token).health()
+
+
+def test_the_segment_command_with_server_writes_what_a_local_run_writes(remote_server, tmp_path, small_volume,
+                                                                      tiny_seg_model, monkeypatch, capsys):
+    from napari_diffmed.cli import main
+    from napari_diffmed.io import read_nifti, write_nifti
+
+    url, token, _ = remote_server
+    scan = write_nifti(tmp_path / "sub01.nii.gz", small_volume.image, scale=small_volume.spacing)
+    common = ["segment", str(scan), "--members", "2", "--steps", "2", "--slices", "2:4", "--quiet"]
+    with one_thread():
+        assert main([*common, "--out", str(tmp_path / "local"), "--model", str(tiny_seg_model), "--device", "cpu"]) == 0
+    monkeypatch.setenv("NAPARI_DIFFMED_TOKEN", token)
+    assert main([*common, "--out", str(tmp_path / "remote"), "--model", "tiny_seg", "--server", url]) == 0
+    files = sorted(p.name for p in (tmp_path / "local").glob("*.nii.gz"))
+    assert files == sorted(p.name for p in (tmp_path / "remote").glob("*.nii.gz")) and len(files) == 6
+    for name in files:
+        np.testing.assert_array_equal(read_nifti(tmp_path / "remote" / name)[0], read_nifti(tmp_path / "local" / name)[0])
+    assert json.loads((tmp_path / "remote" / "sub01_segment.json").read_text())["server"] == url
+    assert main([*common, "--out", str(tmp_path / "x"), "--server", url, "--model", str(tiny_seg_model)]) == 2
+    assert "only the models it knows" in capsys.readouterr().err
+    monkeypatch.setenv("NAPARI_DIFFMED_TOKEN", "a-wrong-token-of-some-length")
+    assert main([*common, "--out", str(tmp_path / "y"), "--server", url]) == 2
+    assert "refused the request (401)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "gpu.example.org"])
+def test_a_non_loopback_bind_without_a_token_is_refused(host, capsys):
+    from napari_diffmed.cli import main
+
+    assert main(["serve", "--host", host, "--device", "cpu"]) == 2
+    assert f"refusing to listen on {host!r} without a token" in capsys.readouterr().err
+
+
+def test_weak_or_exposed_tokens_are_refused(tmp_path, capsys):
+    from napari_diffmed.cli import main
+
+    short, shared = tmp_path / "short", tmp_path / "shared"
+    short.write_text("abc\n")
+    short.chmod(0o600)
+    shared.write_text("a-long-enough-token-for-the-test\n")
+    shared.chmod(0o644)
+    assert main(["serve", "--token-file", str(short)]) == 2
+    assert "at least 16 characters" in capsys.readouterr().err
+    assert main(["serve", "--token-file", str(shared)]) == 2
+    assert "can be read by other users" in capsys.readouterr().err
+
+
+def test_previews_are_bounded_and_restored_to_the_input_grid():
+    from napari_diffmed.wire import grow_preview, shrink_preview
+
+    full = np.arange(30 * 40 * 50, dtype=np.float32).reshape(30, 40, 50)
+    part, stride = shrink_preview(full, 5000)
+    assert part.size <= 5000 and stride == 3  # stride 2 would leave 15 x 20 x 25 = 7500 voxels
+    back = grow_preview(part, stride, full.shape)
+    assert back.shape == full.shape and back[4, 8, 13] == full[3, 6, 12]
+    assert shrink_preview(full, full.size)[1] == 1
+
+
+def test_the_client_and_the_wire_format_stay_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, napari_diffmed.remote, napari_diffmed.wire, napari_diffmed.server.config, napari_diffmed.cli\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai', 'fastapi', 'uvicorn', 'httpx', "
+            "'starlette', 'qtpy', 'napari'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

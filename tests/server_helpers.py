@@ -20,7 +20,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(folder: Path, model_paths, *options: str, token: bool = True) -> Iterator[tuple[str, str | None, subprocess.Popen]]:
+def serve(folder: Path, model_paths, *options: str,
+          token: bool = True) -> Iterator[tuple[str, str | None, subprocess.Popen]]:
     """(url, token, process) of a server that sees the models at ``model_paths`` by name."""
     import httpx
 

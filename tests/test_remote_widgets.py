@@ -67,8 +67,8 @@ def test_synthesis_widget_runs_on_the_server(make_napari_viewer, qtbot, on_serve
     qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=60_000)
     layer = viewer.layers["synthesis tiny_image"]
     with one_thread():
-        local = dm.synthesize(model=tiny_image_model, n=2, steps=4, seed=5, device="cpu", guidance=widget.guidance.value,
-                              class_name=widget.class_name.value)
+        local = dm.synthesize(model=tiny_image_model, n=2, steps=4, seed=5, device="cpu",
+                              guidance=widget.guidance.value, class_name=widget.class_name.value)
     np.testing.assert_array_equal(layer.data, local.samples)
     assert layer.metadata["provenance"]["server"] == remote_server[0]
     assert "token" not in str(layer.metadata) and remote_server[1] not in str(layer.metadata)
@@ -111,7 +111,7 @@ def test_cancel_stops_the_server_job_within_one_step_and_adds_no_layer(make_napa
 
 def test_a_killed_server_gives_a_clear_error_and_no_layer(make_napari_viewer, qtbot, on_server, tmp_path,
                                                           small_volume, tiny_image_model, tiny_seg_model):
-    from napari_diffmed.remote import ServerConnectionError
+    from napari_diffmed.remote import Client, ServerConnectionError
 
     viewer, widget = segmentation_widget(make_napari_viewer, small_volume)
     widget.steps.value = 400
@@ -126,3 +126,5 @@ def test_a_killed_server_gives_a_clear_error_and_no_layer(make_napari_viewer, qt
     assert [type(err) for _, err, _ in caught] == [ServerConnectionError]  # napari's notification of it
     assert "lost the connection to the server" in widget.status.value
     assert [layer.name for layer in viewer.layers] == ["scan"]
+    with pytest.raises(ServerConnectionError, match="cannot reach the server"):
+        Client(server[0], token=server[1]).health()

@@ -18,16 +18,14 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Generator, Iterator
 
 import numpy as np
 
 from .progress import Progress, drive
+from .server_list import ENV_CONFIG, ENV_TOKEN, config_path, save_server, saved_servers, token_for  # noqa: F401
 from .wire import decode_result, from_npy, grow_preview, jsonable, to_npy
 
-ENV_TOKEN = "NAPARI_DIFFMED_TOKEN"
-ENV_CONFIG = "NAPARI_DIFFMED_CONFIG"
 # plain form -> (module, iter form, name of its progress callback)
 TASKS = {
     "synthesize": ("synthesis", "iter_synthesize", "callback"),
@@ -57,49 +55,6 @@ class RemoteModel:
     card: Any
     model_id: str
     path: str
-
-
-def config_path() -> Path:
-    """The user's server list: ``$NAPARI_DIFFMED_CONFIG``, else ``~/.config/napari-diffmed/servers.json``."""
-    if os.environ.get(ENV_CONFIG):
-        return Path(os.environ[ENV_CONFIG]).expanduser()
-    base = Path(os.environ.get("XDG_CONFIG_HOME") or "~/.config").expanduser()
-    return base / "napari-diffmed" / "servers.json"
-
-
-def saved_servers() -> list[dict[str, str]]:
-    """``[{"url": ..., "token": ...}, ...]`` from the user's server list (empty when there is none)."""
-    path = config_path()
-    if not path.is_file():
-        return []
-    try:
-        servers = json.loads(path.read_text()).get("servers", [])
-    except (ValueError, AttributeError) as err:
-        raise ValueError(f"cannot read the server list {path}: {err}") from None
-    return [s for s in servers if isinstance(s, dict) and isinstance(s.get("url"), str)]
-
-
-def save_server(url: str, token: str | None = None) -> Path:
-    """Add or update a server in the user's server list (readable by the user only)."""
-    url = url.rstrip("/")
-    servers = [s for s in saved_servers() if s["url"].rstrip("/") != url] + [
-        {"url": url, **({"token": token} if token else {})}]
-    path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"servers": servers}, f, indent=2)
-    return path
-
-
-def token_for(url: str) -> str | None:
-    """``$NAPARI_DIFFMED_TOKEN``, else the token saved for ``url``."""
-    if os.environ.get(ENV_TOKEN):
-        return os.environ[ENV_TOKEN]
-    for server in saved_servers():
-        if server["url"].rstrip("/") == url.rstrip("/"):
-            return server.get("token")
-    return None
 
 
 def _events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -220,17 +175,17 @@ class Client:
                     if response.status_code != 200:
                         response.read()
                         _check(response)
-                    final = yield from self._follow(http, response)
+                    job, final = yield from self._follow(http, response)
                     received += response.num_bytes_downloaded
                 fetch = time.perf_counter()
                 out = {}
                 for name in final["arrays"]:
-                    got = self._call("GET", f"/jobs/{self.last_job_id}/arrays/{name}", http)
+                    got = self._call("GET", f"/jobs/{job}/arrays/{name}", http)
                     received += len(got.content)
                     out[name] = from_npy(got.content)
                 downloading = time.perf_counter() - fetch
                 try:
-                    http.delete(f"/jobs/{self.last_job_id}")
+                    http.delete(f"/jobs/{job}")
                 except httpx.TransportError:
                     pass  # the server deletes it after its time to live
         except httpx.TransportError as err:
@@ -246,8 +201,8 @@ class Client:
                                   server_version=server.get("version"))
         return result
 
-    def _follow(self, http, response) -> Generator[Progress, None, dict[str, Any]]:
-        """Yield the job's progress; return its ``done`` event. Closing cancels the job."""
+    def _follow(self, http, response) -> Generator[Progress, None, tuple[str, dict[str, Any]]]:
+        """Yield the job's progress; return its id and ``done`` event. Closing cancels the job."""
         job, waiting = None, None
         events = _events(response.iter_lines())  # held here: dropping it would close the stream before the cancel
         try:
@@ -264,7 +219,7 @@ class Client:
                 elif kind == "progress":
                     yield Progress(data["done"], data["total"], _preview(data.get("preview")), data["message"])
                 elif kind == "done":
-                    return data
+                    return job, data
                 elif kind == "failed":
                     if data["type"] == "ValueError":
                         raise ValueError(data["message"])

@@ -26,7 +26,7 @@ class BackendChoice(ComboBox):
         self.changed.connect(self._changed)
 
     def _choices(self, *_: Any) -> list[str]:
-        from ..remote import saved_servers
+        from ..server_list import saved_servers
 
         try:
             return [LOCAL, *(s["url"] for s in saved_servers())]

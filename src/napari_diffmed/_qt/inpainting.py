@@ -79,8 +79,8 @@ class InpaintingWidget(Container):
         super().__init__(widgets=[
             self.image, self.mask, self.model, self.model_file, self.class_name, self.mode, self.steps,
             self.jump_length, self.resamplings, self.calls, self.proposals, self.seed, self.region, self.axis,
-            self.first, self.stop, self.device, self.backend, self.run_button, self.cancel_button, self.progress, self.status,
-            self.chosen, self.accept_button,
+            self.first, self.stop, self.device, self.backend, self.run_button, self.cancel_button, self.progress,
+            self.status, self.chosen, self.accept_button,
         ])
         self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
         self.preview = PreviewLayer(viewer)

@@ -141,7 +141,7 @@ class SynthesisWidget(Container):
         """Start sampling with the current settings; returns the worker (None on bad input)."""
         from ..synthesis import check_settings, iter_guidance_sweep, iter_synthesize
 
-        iter_guidance_sweep, iter_synthesize = self.backend.task(iter_guidance_sweep), self.backend.task(iter_synthesize)
+        iter_guidance_sweep, iter_synthesize = (self.backend.task(f) for f in (iter_guidance_sweep, iter_synthesize))
 
         if self._card is None:
             self._fail(self.info.value or "choose a model, or give a model file")

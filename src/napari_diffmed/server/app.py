@@ -53,7 +53,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     when the declared length already does)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"request of {int(declared)} bytes is larger than this server's limit of {limit} bytes")
+        raise HTTPException(413, f"request of {int(declared)} bytes is larger than this server's limit of "
+                                 f"{limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -165,6 +166,7 @@ def create_app(config: ServerConfig, preload: tuple[str, ...] = ()) -> FastAPI:
                     continue
                 for kind, data in events:
                     yield _sse(kind, data)
+                    data.pop("preview", None)  # sent: memory is not held for it
                 seen += len(events)
                 if job.state in ENDED and seen == len(job.events):
                     return

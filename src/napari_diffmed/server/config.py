@@ -32,7 +32,7 @@ class ServerConfig:
     max_queue: int = 16
     result_ttl: float = 600.0
     preview_interval: float = 0.5
-    preview_voxels: int = 1 << 21
+    preview_voxels: int = 1 << 18
     heartbeat: float = 2.0
 
     def __post_init__(self) -> None:

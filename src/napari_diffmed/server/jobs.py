@@ -130,6 +130,7 @@ class JobQueue:
 
     def _end(self, job: Job, state: str, data: dict[str, Any]) -> None:
         job.state, job.ended_at = state, time.monotonic()
+        job.kwargs = {}  # the input arrays are no longer needed
         job.emit(state, data)
 
     def _work(self) -> None:

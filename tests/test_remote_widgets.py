@@ -54,7 +54,7 @@ def segmentation_widget(make_napari_viewer, small_volume):
     viewer.add_image(p.image, name="scan", scale=p.spacing, metadata={"spacing": p.spacing})
     widget = SegmentationWidget(viewer)
     widget.model.value = "tiny_seg"
-    widget.members.value, widget.steps.value, widget.first.value, widget.last.value = 2, 3, 2, 3
+    widget.members.value, widget.steps.value, widget.first.value, widget.stop.value = 2, 3, 2, 4
     return viewer, widget
 
 

@@ -312,3 +312,15 @@ def test_the_client_and_the_wire_format_stay_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_client_may_lower_a_jobs_memory_bound_but_not_raise_it():
+    from napari_diffmed.ensemble import DEFAULTS as SEG
+    from napari_diffmed.server.tasks import RequestRefused, prepare_call
+
+    image = {"image": np.zeros((4, 4), np.float32)}
+    for asked, used in ((2**50, SEG.max_bytes), (1000, 1000)):
+        _, call = prepare_call("iter_segment_ensemble", {"max_bytes": asked, "device": "cuda"}, image, "cpu", 0.5)
+        assert call["max_bytes"] == used and call["device"] == "cpu"  # and the server's device, always
+    with pytest.raises(RequestRefused, match="max_bytes must be a whole number"):
+        prepare_call("iter_segment_ensemble", {"max_bytes": "lots"}, image, "cpu", 0.5)

@@ -71,6 +71,10 @@ def prepare_call(task: str, kwargs: dict[str, Any], arrays: dict[str, np.ndarray
             raise RequestRefused(f"unknown model {model!r}: a server runs only the models it knows, by name "
                                  f"(no paths or weights); it has {sorted(names)}")
     call = {**kwargs, **arrays, "device": device}
+    params = inspect.signature(function).parameters
+    if "max_bytes" in params:  # a client may lower the task's own memory bound, never raise it
+        bound = params["max_bytes"].default
+        call["max_bytes"] = min(_whole(call.get("max_bytes", bound), "max_bytes"), bound)
     if call.get("preview_interval") is not None:
         call["preview_interval"] = max(float(call["preview_interval"]), preview_interval)
     try:
@@ -78,3 +82,9 @@ def prepare_call(task: str, kwargs: dict[str, Any], arrays: dict[str, np.ndarray
     except TypeError as err:
         raise RequestRefused(f"{task}: {err}") from None
     return function, call
+
+
+def _whole(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestRefused(f"{name} must be a whole number >= 1, got {value!r}")
+    return value

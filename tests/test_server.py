@@ -244,25 +244,42 @@ def test_models_and_health_describe_the_server(client):
         client.load_image_model("tiny_seg")
 
 
-def test_the_segment_command_with_server_writes_what_a_local_run_writes(remote_server, tmp_path, small_volume,
-                                                                      tiny_seg_model, monkeypatch, capsys):
+COMMANDS = {  # command -> (its arguments after the scan, the model it uses, its files)
+    "segment": (["--members", "2", "--steps", "2", "--slices", "2:4"], "tiny_seg", 6),
+    "anomaly": (["--steps", "10", "--depth", "200", "--slices", "2:4"], "tiny_image", 4),
+    "inpaint": (["{mask}", "--steps", "4", "--jump-length", "2", "--proposals", "2"], "tiny_image", 5),
+    "sample": (["-n", "2", "--steps", "3"], "tiny_image", 1),
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_each_command_with_server_writes_what_a_local_run_writes(command, remote_server, tmp_path, small_volume,
+                                                                tiny_seg_model, tiny_image_model, monkeypatch, capsys):
     from napari_diffmed.cli import main
     from napari_diffmed.io import read_nifti, write_nifti
 
     url, token, _ = remote_server
-    scan = write_nifti(tmp_path / "sub01.nii.gz", small_volume.image, scale=small_volume.spacing)
-    common = ["segment", str(scan), "--members", "2", "--steps", "2", "--slices", "2:4", "--quiet"]
+    options, model, n_files = COMMANDS[command]
+    p = small_volume
+    scan = write_nifti(tmp_path / "sub01.nii.gz", p.image, scale=p.spacing)
+    mask = write_nifti(tmp_path / "lesion.nii.gz", p.mask.astype(np.uint8), scale=p.spacing, labels=True)
+    inputs = [] if command == "sample" else [str(scan)]
+    common = [command, *inputs, *(o.format(mask=mask) for o in options), "--quiet"]
+    local_model = str(tiny_seg_model if model == "tiny_seg" else tiny_image_model)
     with one_thread():
-        assert main([*common, "--out", str(tmp_path / "local"), "--model", str(tiny_seg_model), "--device", "cpu"]) == 0
+        assert main([*common, "--out", str(tmp_path / "local"), "--model", local_model, "--device", "cpu"]) == 0
     monkeypatch.setenv("NAPARI_DIFFMED_TOKEN", token)
-    assert main([*common, "--out", str(tmp_path / "remote"), "--model", "tiny_seg", "--server", url]) == 0
+    assert main([*common, "--out", str(tmp_path / "remote"), "--model", model, "--server", url]) == 0
     files = sorted(p.name for p in (tmp_path / "local").glob("*.nii.gz"))
-    assert files == sorted(p.name for p in (tmp_path / "remote").glob("*.nii.gz")) and len(files) == 6
+    assert files == sorted(p.name for p in (tmp_path / "remote").glob("*.nii.gz")) and len(files) == n_files
     for name in files:
         remote, local = (read_nifti(tmp_path / where / name)[0] for where in ("remote", "local"))
         np.testing.assert_array_equal(remote, local)
-    assert json.loads((tmp_path / "remote" / "sub01_segment.json").read_text())["server"] == url
-    assert main([*common, "--out", str(tmp_path / "x"), "--server", url, "--model", str(tiny_seg_model)]) == 2
+    record = json.loads(next((tmp_path / "remote").glob("*.json")).read_text())
+    assert url in json.dumps(record) and token not in json.dumps(record)
+    if command != "segment":
+        return
+    assert main([*common, "--out", str(tmp_path / "x"), "--server", url, "--model", local_model]) == 2
     assert "only the models it knows" in capsys.readouterr().err
     monkeypatch.setenv("NAPARI_DIFFMED_TOKEN", "a-wrong-token-of-some-length")
     assert main([*common, "--out", str(tmp_path / "y"), "--server", url]) == 2

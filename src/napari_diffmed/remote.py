@@ -155,7 +155,7 @@ class Client:
         Closing the generator cancels the job on the server."""
         import httpx
 
-        arrays = {k: np.asarray(arguments.pop(k)) for k in ("image", "mask") if arguments.get(k) is not None}
+        arrays = {k: np.asarray(v) for k in ("image", "mask") if (v := arguments.pop(k, None)) is not None}
         arguments.pop("device", None)  # the server's device
         if arguments.get("model") is not None:
             arguments["model"] = _name(arguments["model"])

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     guidance_sweep, load_image_model, synthesize = on_server(args, guidance_sweep, load_image_model, synthesize)
     class_name = int(args.class_name) if args.class_name is not None and args.class_name.isdigit() else args.class_name
     if args.server is None:
-        card = ModelCard.read(card_path(resolve(args.model or default_model("image", 2, "synthesis"))))  # no weights yet
+        card = ModelCard.read(card_path(resolve(args.model or default_model("image", 2, "synthesis"))))  # no weights
     else:
         card = load_image_model(args.model).card  # the server's card
     tags = [f"_w{w:g}" for w in args.sweep] if args.sweep else [""]

@@ -199,13 +199,14 @@ def iter_segment_ensemble(
     model: "str | os.PathLike | LoadedModel | None" = None, members: int = DEFAULTS.members,
     steps: int = DEFAULTS.steps, scheduler: str = DEFAULTS.scheduler, seed: int | None = DEFAULTS.seed,
     axis: int = 0, indices: Sequence[int] | None = None, device: str = "auto", chunk: int = DEFAULTS.chunk,
-    max_bytes: int = DEFAULTS.max_bytes, preview: bool = True,
+    max_bytes: int = DEFAULTS.max_bytes, preview: bool = True, fixed: np.ndarray | None = None,
 ) -> Generator[Progress, None, EnsembleResult]:
     """Yield :class:`Progress` per network call and return an :class:`EnsembleResult`.
 
     ``preview`` (throttled) is the current mean probability over members on the input grid.
     ``axis``/``indices`` pick the slices a 2D model segments (slices and members are batched).
-    Bad input raises ValueError before any network runs.
+    ``fixed`` (the image's shape: -1 free, 0/1 set by a person) holds those labels in every member
+    (:mod:`~napari_diffmed.corrections`). Bad input raises ValueError before any network runs.
     """
     import torch
 
@@ -221,6 +222,9 @@ def iter_segment_ensemble(
     arr = np.asarray(image)
     if arr.ndim not in (2, 3):
         as_volume(arr, spacing)  # names the problem
+    if fixed is not None:
+        from .corrections import Held, check_fixed
+        fixed = check_fixed(fixed, arr.shape)
     loaded = segmentation_model(model, device)
     card, net = loaded.card, loaded.network
     if card.spatial_dims == 3 and (arr.ndim != 3 or indices is not None):
@@ -239,6 +243,7 @@ def iter_segment_ensemble(
     dev = next(net.parameters()).device
     sched = make_scheduler(card, scheduler, steps, device=dev)
     prepared = prepare(arr, spacing, card, axis=axis, indices=indices)
+    held = None if fixed is None else Held.from_fixed(fixed, prepared)
     seed = resolve_seed(seed)
     gen = make_generator(seed, dev)
     start = time.perf_counter()
@@ -250,8 +255,11 @@ def iter_segment_ensemble(
     flat = soft.reshape(n * members, *card.image_size)
     for c, part in enumerate(chunks):
         cond = Conditioning(image=torch.from_numpy(prepared.data[part // members]).unsqueeze(1).to(dev))
-        noise = torch.randn((len(part), card.in_channels, *card.image_size), generator=gen, device=gen.device)
-        loop = iter_denoise(net, sched, noise.to(dev), cond=cond, generator=gen)
+        noise = torch.randn((len(part), card.in_channels, *card.image_size), generator=gen, device=gen.device).to(dev)
+        paste = None if held is None else held.constraint(part // members, sched, gen, dev)
+        if paste is not None:  # RePaint's known region, in label space
+            noise = paste(noise, int(sched.timesteps[0]))
+        loop = iter_denoise(net, sched, noise, cond=cond, generator=gen, constraint=paste)
         while True:
             try:
                 step = next(loop)
@@ -267,12 +275,16 @@ def iter_segment_ensemble(
                 next_preview = time.perf_counter() + max(0.5, 10 * (time.perf_counter() - t0))
             yield Progress(done, total, picture, f"ensemble batch {c + 1}/{len(chunks)}")
     slab = _restored(prepared, np.moveaxis(soft, 1, 0))  # the maps are computed on the seen slices only
+    if held is not None:  # the final paste is exact on the input grid
+        slab = held.paste(slab)
     seen = _restored(prepared, np.ones(soft.shape[:1] + soft.shape[2:], np.float32), nan=-1.0) >= 0
     record = dict(task="segmentation", members=members, steps=steps, scheduler=type(sched).__name__, seed=seed,
                   axis=prepared.axis, slices=[int(i) for i in prepared.indices] if prepared.axis is not None else None,
                   chunk=chunk, device=str(dev), network_calls=total, spacing=list(vol_spacing),
                   entropy_units=ENTROPY_UNITS, member_mask="x0 > 0 (probability (x0 + 1) / 2 > 0.5)",
                   seconds=round(time.perf_counter() - start, 3))
+    if fixed is not None:
+        record["fixed_voxels"] = int((fixed >= 0).sum())
     maps = {key: _on_input(prepared, value, arr.shape) for key, value in summarise(slab).items()}
     return EnsembleResult(_on_input(prepared, slab, (members, *arr.shape)), **maps,
                           covered=_on_input(prepared, seen, arr.shape), axis=prepared.axis,
@@ -307,7 +319,7 @@ def segment_ensemble(
     model: "str | os.PathLike | LoadedModel | None" = None, members: int = DEFAULTS.members,
     steps: int = DEFAULTS.steps, scheduler: str = DEFAULTS.scheduler, seed: int | None = DEFAULTS.seed,
     axis: int = 0, indices: Sequence[int] | None = None, device: str = "auto", chunk: int = DEFAULTS.chunk,
-    max_bytes: int = DEFAULTS.max_bytes, callback=None,
+    max_bytes: int = DEFAULTS.max_bytes, callback=None, fixed: np.ndarray | None = None,
 ) -> EnsembleResult:
     """Segment a 2D image or 3D volume with an ensemble; see :func:`iter_segment_ensemble`.
 
@@ -315,4 +327,4 @@ def segment_ensemble(
     >>> labels, ranked = result.labels(), result.ranking()  # doctest: +SKIP
     """
     return drive(iter_segment_ensemble(image, spacing, model, members, steps, scheduler, seed, axis, indices,
-                                       device, chunk, max_bytes, preview=False), callback)
+                                       device, chunk, max_bytes, preview=False, fixed=fixed), callback)

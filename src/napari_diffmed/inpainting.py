@@ -235,6 +235,19 @@ def _grid_masks(prepared, fill3: np.ndarray, card, dilate: int) -> tuple[np.ndar
     return unknown, covered
 
 
+def known_region(scheduler, known, free, randn):
+    """RePaint's constraint ``(x, t) -> x``: where ``free`` is 0, the sample takes ``known`` noised to
+    ``t``, ``q(x_t | known)`` (exactly ``known`` at the end, ``t = -1``); ``randn(shape)`` draws the noise."""
+    from .sampling import alpha_bar
+
+    def paste(x, t):
+        a = alpha_bar(scheduler, t).to(x.device, x.dtype)
+        noised = known if t < 0 else a.sqrt() * known + (1 - a).sqrt() * randn(x.shape)
+        return free * x + (1 - free) * noised
+
+    return paste
+
+
 def iter_inpaint(
     image: np.ndarray, mask: np.ndarray, spacing: Sequence[float] | None = None,
     model: "str | os.PathLike | LoadedModel | None" = None, class_name: str | int | None = DEFAULTS.class_name,
@@ -255,7 +268,7 @@ def iter_inpaint(
 
     from .device import make_generator, resolve_seed
     from .provenance import provenance
-    from .sampling import Conditioning, alpha_bar, iter_denoise, make_scheduler
+    from .sampling import Conditioning, iter_denoise, make_scheduler
     from .volumes import as_volume, prepare
 
     settings = settings_for(mode, steps, jump_length, resamplings)
@@ -324,11 +337,7 @@ def iter_inpaint(
         cond = Conditioning() if label is None else Conditioning(
             torch.full((len(chunk),), label, dtype=torch.long, device=dev), card.null_class)
 
-        def paste(x, t, known=known, free=free):
-            a = alpha_bar(sched, t).to(dev, x.dtype)
-            noised = known if t < 0 else a.sqrt() * known + (1 - a).sqrt() * randn(x.shape)
-            return free * x + (1 - free) * noised
-
+        paste = known_region(sched, known, free, randn)
         x = paste(randn(known.shape), schedule[0])
         loop = iter_denoise(net, sched, x, cond=cond, schedule=schedule, constraint=paste, generator=gen,
                             eta=settings.eta)

@@ -117,11 +117,13 @@ def diffusion_loss(net, scheduler, x0, cond, labels, generator=None, prediction_
 def train(
     card: ModelCard, batches: Iterator, val_batch: tuple | None, config: TrainConfig, out: str | Path,
     resume: bool = False, log: Callable[[str], None] = print, init: str | Path | None = None,
+    on_step: Callable[[TrainState], None] | None = None,
 ) -> TrainState:
     """Train ``card``'s network on ``batches``; write EMA weights + card to ``out`` at every checkpoint.
 
     ``init`` (a model's ``.safetensors``) starts the network and its EMA from that model's weights
     (fine-tuning) with a fresh optimiser; a resume state, when resuming, takes precedence.
+    ``on_step(state)`` is called after every step (live loss); an exception raised there stops the run.
     """
     import torch
 
@@ -182,6 +184,8 @@ def train(
                 pe.lerp_(p, 1 - decay)
         state.step += 1
         state.losses.append(total)
+        if on_step is not None:
+            on_step(state)
         if state.step % 25 == 0:
             rate = (state.step - start) / max(1e-6, time.time() - tic)
             log(f"step {state.step}/{config.steps} loss {np.mean(state.losses[-25:]):.4f} ({rate:.2f} steps/s)")

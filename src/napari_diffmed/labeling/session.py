@@ -1,0 +1,354 @@
+"""A labeling session over a folder of scans: state on disk, proposals, corrections, acceptance.
+
+The output folder holds everything, so closing and reopening (or another person opening the copy)
+returns to the same place::
+
+    OUT/session.json                      cases with their state, scores and slice rankings; settings; models
+    OUT/session.lock                      the running session (host, pid); a second one is refused
+    OUT/cases/ID/proposal_*.nii.gz        the ensemble's labels, mean, entropy and mutual information
+    OUT/cases/ID/edits.nii.gz             the person's current labels (saved on a timer and on case change)
+    OUT/cases/ID/corrected.nii.gz         1 where the person changed the proposal (held fixed by Propose again)
+    OUT/accepted/ID_labels.nii.gz         accepted labels in the scan's space, with ID_labels.json (provenance)
+    OUT/accepted/ID_corrected.nii.gz      which of those voxels the person corrected
+
+A case is *not started*, *proposed* (the ensemble has run), *corrected* (edits differ from the
+proposal) or *accepted*. Its score is the mean predictive entropy in bits (or the mutual
+information, ``score="mutual_information"``) over the voxels at least one member labels: a per-voxel
+average, so large and small structures compare; the least certain case comes first.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Generator
+
+import numpy as np
+
+from ..progress import Progress, drive
+from .store import FolderLock, read_json, write_json
+
+STATES = ("not started", "proposed", "corrected", "accepted")
+SCORES = ("entropy", "mutual_information")
+MAPS = ("mean", "entropy", "mutual_information")
+MASK_SUFFIXES = ("_mask", "_seg", "_label", "_labels")
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """How proposals are made. ``slices``: ``"START:STOP"`` or ``"I,J,K"``; None = slices with foreground."""
+
+    model: str | None = None
+    members: int = 8
+    steps: int = 10
+    scheduler: str = "ddim"
+    seed: int = 0
+    axis: int = 0
+    slices: str | None = None
+    score: str = "entropy"
+    chunk: int = 16
+
+
+@dataclass
+class Case:
+    """One scan of the session and where its labeling stands."""
+
+    id: str
+    scan: str  # path relative to the scans folder
+    state: str = "not started"
+    score: float | None = None
+    ranking: list[int] = field(default_factory=list)
+    slices: list[int] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # one entry per proposal: score, fixed voxels, model
+
+
+@dataclass
+class CaseData:
+    """A case's arrays on the scan's grid (napari order) and the scan's spatial metadata."""
+
+    scan: np.ndarray
+    metadata: dict
+    labels: np.ndarray
+    proposal: np.ndarray | None
+    corrected: np.ndarray
+    maps: dict[str, np.ndarray]
+
+
+def list_scans(folder: Path, exclude: Path | None = None) -> dict[str, str]:
+    """``{case id: relative path}`` of the NIfTI scans under ``folder`` (masks and hidden files left out)."""
+    from ..training.folders import nifti_stem
+
+    found: dict[str, str] = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if (not path.is_file() or any(p.startswith(".") for p in rel.parts)
+                or not path.name.lower().endswith((".nii", ".nii.gz"))
+                or nifti_stem(path).lower().endswith(MASK_SUFFIXES)
+                or (exclude is not None and exclude in path.resolve().parents)):
+            continue
+        case_id = "__".join(rel.parts[:-1] + (nifti_stem(path),))
+        if case_id in found:
+            raise ValueError(f"{found[case_id]} and {rel} would both be case {case_id!r}; rename one")
+        found[case_id] = rel.as_posix()
+    if not found:
+        raise ValueError(f"no NIfTI scans (.nii, .nii.gz) in {folder}")
+    return found
+
+
+class Session:
+    """A labeling session on ``scans_dir`` writing to ``out_dir`` (see the module's docstring).
+
+    Settings given here replace the stored ones (and are stored); those left out keep the stored
+    values, or the defaults of :class:`LabelSettings`. ``device`` is not stored. Use as a context
+    manager, or call :meth:`close`, to release the folder's lock.
+    """
+
+    def __init__(self, scans_dir, out_dir, device: str = "auto", **settings: Any) -> None:
+        self.scans_dir, self.out_dir, self.device = Path(scans_dir).resolve(), Path(out_dir).resolve(), device
+        if not self.scans_dir.is_dir():
+            raise FileNotFoundError(f"scans folder {self.scans_dir} does not exist")
+        unknown = set(settings) - set(LabelSettings.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(LabelSettings.__dataclass_fields__)}")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = FolderLock(self.out_dir)
+        self._mutex = threading.RLock()
+        try:
+            self._open(settings)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, settings: dict) -> None:
+        record = read_json(self.state_file) if self.state_file.exists() else {}
+        if record and Path(record["scans_dir"]).resolve() != self.scans_dir:
+            raise ValueError(f"{self.out_dir} belongs to a session on {record['scans_dir']}, not {self.scans_dir}")
+        self.settings = replace(LabelSettings(**record.get("settings", {})), **settings)
+        _check(self.settings)
+        self.models: list[dict] = record.get("models", [])
+        self._cases = {k: Case(**v) for k, v in record.get("cases", {}).items()}
+        for case_id, rel in list_scans(self.scans_dir, self.out_dir).items():
+            self._cases.setdefault(case_id, Case(case_id, rel))
+        if not self.models or self.models[-1]["model"] != self.settings.model:
+            self.models.append({"model": self.settings.model, "since": _now()})
+        self._write()
+
+    # --- the folder --------------------------------------------------------------------------------
+
+    @property
+    def state_file(self) -> Path:
+        return self.out_dir / "session.json"
+
+    def case_dir(self, case_id: str) -> Path:
+        return self.out_dir / "cases" / self.case(case_id).id
+
+    def _write(self) -> None:
+        with self._mutex:
+            write_json(self.state_file, {"version": 1, "scans_dir": str(self.scans_dir),
+                                         "settings": asdict(self.settings), "models": self.models,
+                                         "cases": {k: asdict(c) for k, c in self._cases.items()}})
+
+    def close(self) -> None:
+        """Release the folder (everything is already on disk)."""
+        self._lock.release()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- cases -------------------------------------------------------------------------------------
+
+    @property
+    def cases(self) -> list[Case]:
+        with self._mutex:
+            return list(self._cases.values())
+
+    def case(self, case_id: str) -> Case:
+        if case_id not in self._cases:
+            raise KeyError(f"no case {case_id!r} in this session; cases: {sorted(self._cases)[:8]}")
+        return self._cases[case_id]
+
+    def order(self) -> list[str]:
+        """Cases still to do, least certain first; cases without a proposal follow in folder order."""
+        todo = [c for c in self.cases if c.state != "accepted"]
+        scored = sorted((c for c in todo if c.score is not None), key=lambda c: -c.score)
+        return [c.id for c in scored] + [c.id for c in todo if c.score is None]
+
+    def next_case(self) -> str | None:
+        """The least certain case that has a proposal, else the first not started; None when all are accepted."""
+        order = self.order()
+        return order[0] if order else None
+
+    def to_propose(self) -> list[str]:
+        """Cases without a proposal, in folder order (what the background runner works through)."""
+        return [c.id for c in self.cases if c.state == "not started"]
+
+    def read_scan(self, case_id: str) -> tuple[np.ndarray, dict]:
+        from ..io import read_nifti
+
+        scan, kwargs, _ = read_nifti(self.scans_dir / self.case(case_id).scan, as_labels=False)
+        return scan, kwargs["metadata"]
+
+    def load(self, case_id: str) -> CaseData:
+        """The scan with the current labels: the saved edits, else the proposal, else zeros."""
+        from ..io import read_nifti
+
+        scan, meta = self.read_scan(case_id)
+        folder = self.case_dir(case_id)
+
+        def read(name: str, labels: bool):
+            path = folder / f"{name}.nii.gz"
+            return read_nifti(path, as_labels=labels)[0] if path.exists() else None
+
+        proposal = read("proposal_labels", True)
+        edits = read("edits", True)
+        labels = edits if edits is not None else proposal if proposal is not None else np.zeros(scan.shape, np.uint8)
+        corrected = read("corrected", True)
+        corrected = np.zeros(scan.shape, bool) if corrected is None else corrected > 0
+        if edits is not None and proposal is not None:  # heals a crash between the two writes
+            corrected |= edits != proposal
+        maps = {key: m for key in MAPS if (m := read(f"proposal_{key}", False)) is not None}
+        return CaseData(scan, meta, np.asarray(labels), proposal, corrected, maps)
+
+    def _set(self, case_id: str, **changes: Any) -> None:
+        with self._mutex:
+            case = self.case(case_id)
+            for key, value in changes.items():
+                setattr(case, key, value)
+            self._write()
+
+    # --- proposing ---------------------------------------------------------------------------------
+
+    def indices(self, scan: np.ndarray) -> list[int]:
+        """The slices proposals cover: the settings' ``slices``, or those with at least 2% foreground."""
+        from ..anomaly import foreground_mask, parse_slices
+
+        chosen = parse_slices(self.settings.slices)
+        if chosen is not None:
+            return chosen
+        fg = np.moveaxis(foreground_mask(scan), self.settings.axis, 0)
+        keep = np.flatnonzero(fg.reshape(len(fg), -1).mean(axis=1) >= 0.02)
+        return [int(i) for i in keep] or list(range(scan.shape[self.settings.axis]))
+
+    def iter_propose(self, case_id: str, again: bool = False) -> Generator[Progress, None, dict]:
+        """Run the ensemble on a case (``again``: with the corrected voxels held fixed) and save the
+        proposal; yields progress, returns ``{"score", "before", "fixed_voxels"}``."""
+        from ..ensemble import iter_segment_ensemble
+
+        s = self.settings
+        data = self.load(case_id) if again else None
+        scan, meta = (data.scan, data.metadata) if data is not None else self.read_scan(case_id)
+        fixed = None
+        if again:
+            if not data.corrected.any():
+                raise ValueError(f"case {case_id!r} has no corrected voxels to hold; edit its labels first")
+            fixed = np.where(data.corrected, (data.labels > 0).astype(np.int8), np.int8(-1))
+        indices = self.case(case_id).slices if again else self.indices(scan)
+        result = yield from iter_segment_ensemble(
+            scan, meta["spacing"], model=s.model, members=s.members, steps=s.steps, scheduler=s.scheduler,
+            seed=s.seed, axis=s.axis, indices=indices, device=self.device, chunk=s.chunk, preview=False, fixed=fixed)
+        return self._store_proposal(case_id, result, meta, data)
+
+    def propose(self, case_id: str, again: bool = False, callback=None) -> dict:
+        """:meth:`iter_propose` to the end; ``callback(Progress)`` per network call."""
+        return drive(self.iter_propose(case_id, again), callback)
+
+    def _store_proposal(self, case_id: str, result, meta: dict, data: CaseData | None) -> dict:
+        from ..io import write_nifti
+
+        folder = self.case_dir(case_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        labels = result.labels()
+        if data is not None:  # the corrections are pasted exactly already; other label values stay as painted
+            labels = np.where(data.corrected, data.labels, labels)
+        for key in MAPS:
+            write_nifti(folder / f"proposal_{key}.nii.gz", getattr(result, key), meta, overwrite=True)
+        write_nifti(folder / "proposal_labels.nii.gz", labels, meta, labels=True, overwrite=True)
+        if data is not None:
+            write_nifti(folder / "edits.nii.gz", labels, meta, labels=True, overwrite=True)
+        region = (result.votes > 0) & result.covered
+        value = getattr(result, self.settings.score)
+        score = float(value[region].mean()) if region.any() else 0.0
+        case = self.case(case_id)
+        before = case.score
+        entry = {"score": score, "measure": self.settings.score, "fixed_voxels": int(result.provenance.get(
+            "fixed_voxels", 0)), "model_id": result.provenance["model_id"], "seconds": result.provenance["seconds"],
+                 "time": _now()}
+        state = "corrected" if data is not None else "proposed" if case.state != "accepted" else "accepted"
+        self._set(case_id, state=state, score=score, ranking=[int(i) for i in result.ranking(self.settings.score)],
+                  slices=list(result.provenance["slices"] or []), history=case.history + [entry])
+        write_json(folder / "proposal.json", result.provenance)
+        return {"score": score, "before": before, "fixed_voxels": entry["fixed_voxels"]}
+
+    # --- editing and accepting ---------------------------------------------------------------------
+
+    def save_edits(self, case_id: str, labels: np.ndarray) -> int:
+        """Save the person's labels atomically; returns how many voxels are corrected in all."""
+        from ..io import write_nifti
+
+        data = self.load(case_id)
+        labels = np.asarray(labels)
+        if labels.shape != data.scan.shape:
+            raise ValueError(f"labels of shape {labels.shape} do not fit case {case_id!r} of shape {data.scan.shape}")
+        if data.proposal is None:
+            raise ValueError(f"case {case_id!r} has no proposal yet; propose it before editing")
+        corrected = data.corrected | (labels != data.proposal)
+        folder = self.case_dir(case_id)
+        write_nifti(folder / "edits.nii.gz", labels, data.metadata, labels=True, overwrite=True)
+        write_nifti(folder / "corrected.nii.gz", corrected.astype(np.uint8), data.metadata, labels=True,
+                    overwrite=True)
+        if self.case(case_id).state == "proposed" and corrected.any():
+            self._set(case_id, state="corrected")
+        return int(corrected.sum())
+
+    def accept(self, case_id: str, labels: np.ndarray | None = None) -> Path:
+        """Write the case's labels (``labels``, else the saved ones) as NIfTI in the scan's space with
+        a JSON record of what proposed them and which voxels were corrected; the case is accepted."""
+        from ..io import write_nifti
+
+        if labels is not None:
+            self.save_edits(case_id, labels)
+        data = self.load(case_id)
+        if data.proposal is None and labels is None:
+            raise ValueError(f"case {case_id!r} has no proposal or labels to accept")
+        folder = self.out_dir / "accepted"
+        path = write_nifti(folder / f"{case_id}_labels.nii.gz", data.labels, data.metadata, labels=True,
+                           overwrite=True)
+        write_nifti(folder / f"{case_id}_corrected.nii.gz", data.corrected.astype(np.uint8), data.metadata,
+                    labels=True, overwrite=True)
+        proposal = self.case_dir(case_id) / "proposal.json"
+        case = self.case(case_id)
+        write_json(folder / f"{case_id}_labels.json", {
+            "scan": str(self.scans_dir / case.scan), "accepted": _now(), "slices": case.slices,
+            "proposed_by": read_json(proposal) if proposal.exists() else None,
+            "corrected_voxels": int(data.corrected.sum()), "corrected_file": f"{case_id}_corrected.nii.gz",
+            "labelled_voxels": int((data.labels > 0).sum()), "history": case.history})
+        self._set(case_id, state="accepted")
+        return path
+
+    def accepted(self) -> list[str]:
+        return [c.id for c in self.cases if c.state == "accepted"]
+
+    def switch_model(self, model: str) -> None:
+        """Make ``model`` (a name or ``.safetensors`` path) the session's model from now on."""
+        with self._mutex:
+            self.settings = replace(self.settings, model=str(model))
+            self.models.append({"model": str(model), "since": _now()})
+            self._write()
+
+
+def _check(s: LabelSettings) -> None:
+    if s.score not in SCORES:
+        raise ValueError(f"score {s.score!r} is not one of {list(SCORES)}")
+    for key, low, high in (("members", 1, 64), ("steps", 1, 1000), ("chunk", 1, 65536), ("axis", 0, 2)):
+        value = getattr(s, key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{key} must be a whole number from {low} to {high}, got {value!r}")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")

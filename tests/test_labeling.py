@@ -1,0 +1,167 @@
+"""Labeling sessions: state on disk across restarts, atomic saves, the folder lock, ranking, background
+proposals, Propose again, acceptance with provenance, fine-tuning from the accepted cases."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from napari_diffmed.labeling import Background, Session, SessionLocked  # noqa: E402
+
+FAST = dict(members=4, steps=3, device="cpu")
+
+
+@pytest.fixture
+def scans(tmp_path):
+    """Three small phantom scans saved as NIfTI (one with much more noise: the least certain case)."""
+    from napari_diffmed.io import write_nifti
+    from napari_diffmed.sample_data import make_phantom
+
+    folder = tmp_path / "scans"
+    for k, noise in enumerate((0.0, 0.0, 300.0)):
+        p = make_phantom(shape=(5, 24, 24), spacing=(3.0, 2.0, 2.0), seed=k)
+        image = p.image + np.random.default_rng(k).normal(0, noise, p.image.shape).astype(np.float32)
+        write_nifti(folder / f"sub{k}.nii.gz", image, scale=p.spacing, translate=p.translate)
+    return folder
+
+
+@pytest.fixture
+def session(scans, tmp_path, tiny_seg_model):
+    s = Session(scans, tmp_path / "out", model=str(tiny_seg_model), **FAST)
+    yield s
+    s.close()
+
+
+def test_cases_listed_proposed_and_ranked_least_certain_first(session):
+    assert [c.id for c in session.cases] == ["sub0", "sub1", "sub2"]
+    assert {c.state for c in session.cases} == {"not started"}
+    scores = {}
+    for case_id in session.to_propose():
+        out = session.propose(case_id)
+        scores[case_id] = out["score"]
+    assert {c.state for c in session.cases} == {"proposed"}
+    assert session.order() == sorted(scores, key=lambda k: -scores[k]) and session.next_case() == session.order()[0]
+    case = session.case("sub0")
+    assert case.slices == list(range(5)) and sorted(case.ranking) == sorted(set(case.ranking))
+    data = session.load("sub0")
+    assert data.labels.shape == data.scan.shape == data.maps["entropy"].shape
+    assert (session.case_dir("sub0") / "proposal_labels.nii.gz").exists()
+
+
+def test_restart_mid_case_keeps_every_edit(scans, tmp_path, tiny_seg_model):
+    out = tmp_path / "out"
+    first = Session(scans, out, model=str(tiny_seg_model), **FAST)
+    first.propose("sub1")
+    labels = first.load("sub1").labels.copy()
+    labels[2, 5:15, 5:15] = 1 - labels[2, 5:15, 5:15]  # the person's edit
+    assert first.save_edits("sub1", labels) == 100
+    os.unlink(out / "session.lock")  # napari killed: no close(), the lock ... 
+    (out / "session.lock").write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": 2**22 + 7}))
+    again = Session(scans, out, device="cpu")  # ... is stale (its process is gone) and taken over
+    try:
+        assert again.settings.members == 4 and again.settings.model == str(tiny_seg_model)
+        assert again.case("sub1").state == "corrected" and again.case("sub0").state == "not started"
+        data = again.load("sub1")
+        assert np.array_equal(data.labels, labels)
+        assert data.corrected.sum() == 100 and data.corrected[2, 5:15, 5:15].all()
+    finally:
+        again.close()
+
+
+def test_a_second_session_on_the_same_folder_is_refused(session, scans):
+    with pytest.raises(SessionLocked, match="in use by another labeling session"):
+        Session(scans, session.out_dir)
+    session.close()
+    Session(scans, session.out_dir).close()  # free again once closed
+
+
+def test_a_crash_during_a_save_leaves_the_previous_files_whole(session, monkeypatch):
+    session.propose("sub0")
+    labels = session.load("sub0").labels
+    labels[1, 3:6, 3:6] = 1 - labels[1, 3:6, 3:6]
+    session.save_edits("sub0", labels)
+    state_before = (session.out_dir / "session.json").read_bytes()
+    edits_before = (session.case_dir("sub0") / "edits.nii.gz").read_bytes()
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    changed = labels.copy()
+    changed[3] = 1
+    with pytest.raises(OSError, match="disk full"):
+        session.save_edits("sub0", changed)
+    with pytest.raises(OSError, match="disk full"):
+        session.accept("sub0")
+    monkeypatch.undo()
+    assert (session.case_dir("sub0") / "edits.nii.gz").read_bytes() == edits_before
+    assert (session.out_dir / "session.json").read_bytes() == state_before
+    assert np.array_equal(session.load("sub0").labels, labels)
+    assert not [p for p in session.out_dir.rglob(".*") if p.is_file()]  # no temporary files left behind
+
+
+def test_propose_again_holds_corrections_and_accept_writes_provenance(session):
+    session.propose("sub2")
+    data = session.load("sub2")
+    labels = data.labels.copy()
+    labels[1:4, 4:20, 4:12] = 1
+    session.save_edits("sub2", labels)
+    out = session.propose("sub2", again=True)
+    assert out["before"] is not None and out["fixed_voxels"] == int(session.load("sub2").corrected.sum())
+    after = session.load("sub2")
+    held = after.corrected
+    assert np.array_equal(after.labels[held], labels[held]) and np.all(after.maps["entropy"][held] == 0)
+    assert session.case("sub2").state == "corrected" and len(session.case("sub2").history) == 2
+    path = session.accept("sub2")
+    record = json.loads(path.with_name("sub2_labels.json").read_text())
+    assert record["corrected_voxels"] == int(held.sum()) and record["proposed_by"]["fixed_voxels"] > 0
+    from napari_diffmed.io import read_nifti
+
+    written, kwargs, kind = read_nifti(path)
+    assert kind == "labels" and np.array_equal(written, after.labels)
+    corrected = read_nifti(path.with_name("sub2_corrected.nii.gz"), as_labels=True)[0]
+    assert np.array_equal(corrected > 0, held)
+    assert session.case("sub2").state == "accepted" and "sub2" not in session.order()
+
+
+def test_background_proposes_the_queue_one_job_at_a_time(session):
+    runner = Background()
+    try:
+        for case_id in session.to_propose():
+            runner.submit("propose", case_id, lambda c=case_id: session.iter_propose(c))
+        assert not runner.submit("propose", "sub0", lambda: session.iter_propose("sub0"))  # already queued
+        done, running = [], 0
+        while len(done) < 3:
+            event = runner.events.get(timeout=60)
+            running += {"started": 1, "done": -1, "failed": -1}.get(event.kind, 0)
+            assert running <= 1 and event.kind != "failed", event.value
+            if event.kind == "done":
+                done.append(event.case)
+        assert done == ["sub0", "sub1", "sub2"] and not runner.busy()
+        assert {c.state for c in session.cases} == {"proposed"}
+    finally:
+        runner.close()
+
+
+def test_fine_tune_on_accepted_cases_writes_a_model_and_switches(session):
+    from napari_diffmed.labeling import FinetuneSettings, iter_finetune
+    from napari_diffmed.models import load_model
+    from napari_diffmed.progress import drive
+
+    for case_id in ("sub0", "sub1"):
+        session.propose(case_id)
+        session.accept(case_id)
+    messages = []
+    out = drive(iter_finetune(session, FinetuneSettings(steps=4, batch_size=2, eval_slices=2)),
+                lambda e: messages.append(e.message))
+    assert out["held_out"] == "sub1" and out["train_cases"] == ["sub0"] and len(out["losses"]) == 4
+    assert any("loss" in m for m in messages)
+    card = load_model(out["weights"]).card
+    assert card.metrics["labeling"]["dice_before"] == round(out["dice_before"], 4)
+    assert card.training["cases"] == ["sub0"] and card.training["init"]["model_id"].startswith("tiny_seg@")
+    assert session.settings.model == str(out["weights"]) and session.models[-1]["model"] == str(out["weights"])

@@ -113,6 +113,8 @@ def test_propose_again_holds_corrections_and_accept_writes_provenance(session):
     session.save_edits("sub2", labels)
     out = session.propose("sub2", again=True)
     assert out["before"] is not None and out["fixed_voxels"] == int(session.load("sub2").corrected.sum())
+    assert out["slices"] == [1, 2, 3]  # a 2D model re-runs only the slices holding corrections
+    np.testing.assert_array_equal(session.load("sub2").maps["entropy"][[0, 4]], data.maps["entropy"][[0, 4]])
     after = session.load("sub2")
     held = after.corrected
     assert np.array_equal(after.labels[held], labels[held]) and np.all(after.maps["entropy"][held] == 0)

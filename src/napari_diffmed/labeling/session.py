@@ -5,7 +5,7 @@ returns to the same place::
 
     OUT/session.json                      cases with their state, scores and slice rankings; settings; models
     OUT/session.lock                      the running session (host, pid); a second one is refused
-    OUT/cases/ID/proposal_*.nii.gz        the ensemble's labels, mean, entropy and mutual information
+    OUT/cases/ID/proposal_*.nii.gz        the ensemble's labels, mean, votes, entropy and mutual information
     OUT/cases/ID/edits.nii.gz             the person's current labels (saved on a timer and on case change)
     OUT/cases/ID/corrected.nii.gz         1 where the person changed the proposal (held fixed by Propose again)
     OUT/accepted/ID_labels.nii.gz         accepted labels in the scan's space, with ID_labels.json (provenance)
@@ -32,7 +32,7 @@ from .store import FolderLock, read_json, write_json
 
 STATES = ("not started", "proposed", "corrected", "accepted")
 SCORES = ("entropy", "mutual_information")
-MAPS = ("mean", "entropy", "mutual_information")
+MAPS = ("mean", "votes", "entropy", "mutual_information")
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_labels")
 
 
@@ -235,21 +235,26 @@ class Session:
         return [int(i) for i in keep] or list(range(scan.shape[self.settings.axis]))
 
     def iter_propose(self, case_id: str, again: bool = False) -> Generator[Progress, None, dict]:
-        """Run the ensemble on a case (``again``: with the corrected voxels held fixed) and save the
-        proposal; yields progress, returns ``{"score", "before", "fixed_voxels"}``."""
-        from ..ensemble import iter_segment_ensemble
+        """Run the ensemble on a case and save the proposal; yields progress, returns ``{"score", "before",
+        "fixed_voxels", "slices"}``. ``again``: with the corrected voxels held fixed, on the slices that
+        hold corrections (2D models: the other slices are independent of them and keep their proposal)."""
+        from ..ensemble import iter_segment_ensemble, segmentation_model
 
         s = self.settings
         data = self.load(case_id) if again else None
         scan, meta = (data.scan, data.metadata) if data is not None else self.read_scan(case_id)
-        fixed = None
+        loaded = segmentation_model(s.model, self.device)
+        fixed, indices = None, self.indices(scan)
         if again:
             if not data.corrected.any():
                 raise ValueError(f"case {case_id!r} has no corrected voxels to hold; edit its labels first")
             fixed = np.where(data.corrected, (data.labels > 0).astype(np.int8), np.int8(-1))
-        indices = self.case(case_id).slices if again else self.indices(scan)
+            touched = np.moveaxis(data.corrected, s.axis, 0).reshape(scan.shape[s.axis], -1).any(axis=1)
+            indices = self.case(case_id).slices or indices
+            if loaded.card.spatial_dims == 2:
+                indices = [i for i in indices if touched[i]] or [int(np.flatnonzero(touched)[0])]
         result = yield from iter_segment_ensemble(
-            scan, meta["spacing"], model=s.model, members=s.members, steps=s.steps, scheduler=s.scheduler,
+            scan, meta["spacing"], model=loaded, members=s.members, steps=s.steps, scheduler=s.scheduler,
             seed=s.seed, axis=s.axis, indices=indices, device=self.device, chunk=s.chunk, preview=False, fixed=fixed)
         return self._store_proposal(case_id, result, meta, data)
 
@@ -258,31 +263,41 @@ class Session:
         return drive(self.iter_propose(case_id, again), callback)
 
     def _store_proposal(self, case_id: str, result, meta: dict, data: CaseData | None) -> dict:
+        from ..ensemble import slice_ranking
         from ..io import write_nifti
 
         folder = self.case_dir(case_id)
         folder.mkdir(parents=True, exist_ok=True)
+        maps = {key: getattr(result, key) for key in MAPS}
         labels = result.labels()
-        if data is not None:  # the corrections are pasted exactly already; other label values stay as painted
-            labels = np.where(data.corrected, data.labels, labels)
+        ran = list(result.provenance["slices"] or [])
+        if data is not None:  # Propose again: new slices into the old maps; painted labels stay where corrected
+            rows = np.zeros(data.scan.shape[self.settings.axis], bool)
+            rows[ran if result.axis is not None else slice(None)] = True
+            shape = [1] * data.scan.ndim
+            shape[self.settings.axis] = -1
+            rows = rows.reshape(shape)
+            maps = {key: np.where(rows, maps[key], data.maps.get(key, 0)) for key in MAPS}
+            labels = np.where(data.corrected, data.labels, np.where(rows, labels, data.labels))
         for key in MAPS:
-            write_nifti(folder / f"proposal_{key}.nii.gz", getattr(result, key), meta, overwrite=True)
+            write_nifti(folder / f"proposal_{key}.nii.gz", maps[key], meta, overwrite=True)
         write_nifti(folder / "proposal_labels.nii.gz", labels, meta, labels=True, overwrite=True)
         if data is not None:
             write_nifti(folder / "edits.nii.gz", labels, meta, labels=True, overwrite=True)
-        region = (result.votes > 0) & result.covered
-        value = getattr(result, self.settings.score)
+        region = maps["votes"] > 0
+        value = maps[self.settings.score]
         score = float(value[region].mean()) if region.any() else 0.0
         case = self.case(case_id)
         before = case.score
         entry = {"score": score, "measure": self.settings.score, "fixed_voxels": int(result.provenance.get(
-            "fixed_voxels", 0)), "model_id": result.provenance["model_id"], "seconds": result.provenance["seconds"],
-                 "time": _now()}
+            "fixed_voxels", 0)), "slices": ran, "model_id": result.provenance["model_id"],
+                 "seconds": result.provenance["seconds"], "time": _now()}
         state = "corrected" if data is not None else "proposed" if case.state != "accepted" else "accepted"
-        self._set(case_id, state=state, score=score, ranking=[int(i) for i in result.ranking(self.settings.score)],
-                  slices=list(result.provenance["slices"] or []), history=case.history + [entry])
+        ranking = slice_ranking(value, self.settings.axis if result.axis is not None else 0)
+        self._set(case_id, state=state, score=score, ranking=[int(i) for i in ranking],
+                  slices=case.slices if data is not None else ran, history=case.history + [entry])
         write_json(folder / "proposal.json", result.provenance)
-        return {"score": score, "before": before, "fixed_voxels": entry["fixed_voxels"]}
+        return {"score": score, "before": before, "fixed_voxels": entry["fixed_voxels"], "slices": ran}
 
     # --- editing and accepting ---------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ def test_npe2_validate_passes():
 
 
 @pytest.mark.gui
-@pytest.mark.parametrize("display_name", ["Synthesize", "Segment (ensemble)", "Inpaint", "Anomaly map"])
+@pytest.mark.parametrize("display_name", ["Synthesize", "Segment (ensemble)", "Inpaint", "Anomaly map", "Label"])
 def test_widget_opens_from_the_plugins_menu(make_napari_viewer, display_name):
     """What Plugins > napari-diffmed does: napari builds the widget and hands it the viewer."""
     viewer = make_napari_viewer()

@@ -8,7 +8,7 @@ import sys
 from typing import Sequence
 
 # Each module in napari_diffmed.commands defines ``add_parser(subparsers)`` and sets ``func`` on it.
-COMMANDS = ("sample", "segment", "inpaint", "anomaly", "train", "models", "serve")
+COMMANDS = ("sample", "segment", "inpaint", "anomaly", "train", "models", "serve", "label")
 
 
 def build_parser() -> argparse.ArgumentParser:

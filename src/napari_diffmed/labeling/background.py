@@ -40,7 +40,7 @@ class Background:
         self.on_event = on_event
         self._jobs: queue.PriorityQueue = queue.PriorityQueue()
         self._order = itertools.count()
-        self._pending: set[tuple[str, str | None]] = set()
+        self._pending: dict[tuple[str, str | None], int] = {}  # queued jobs and their best priority
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self.current: tuple[str, str | None] | None = None
@@ -48,13 +48,13 @@ class Background:
         self._thread.start()
 
     def submit(self, job: str, case: str | None, make: Callable[[], Generator], priority: int = AHEAD) -> bool:
-        """Queue ``make()`` (called in the worker thread) unless the same job for the same case is
-        queued or running; returns whether it was queued."""
+        """Queue ``make()`` (called in the worker thread) unless the same job for the same case is running
+        or queued at the same or a better priority (a better one moves it up); returns whether it was queued."""
         with self._lock:
             key = (job, case)
-            if key in self._pending or key == self.current:
+            if key == self.current or self._pending.get(key, priority + 1) <= priority:
                 return False
-            self._pending.add(key)
+            self._pending[key] = priority
         self._jobs.put((priority, next(self._order), job, case, make))
         return True
 
@@ -74,9 +74,8 @@ class Background:
         """Forget every queued job (the running one carries on)."""
         with self._lock:
             while not self._jobs.empty():
-                item = self._jobs.get_nowait()
-                if item[2] is not None:
-                    self._pending.discard((item[2], item[3]))
+                self._jobs.get_nowait()
+            self._pending.clear()
 
     def close(self, timeout: float = 30.0) -> None:
         """Cancel the running job, drop the queue and stop the thread."""
@@ -92,11 +91,13 @@ class Background:
 
     def _run(self) -> None:
         while True:
-            _, _, job, case, make = self._jobs.get()
+            priority, _, job, case, make = self._jobs.get()
             if job is None:
                 return
             with self._lock:
-                self._pending.discard((job, case))
+                if self._pending.get((job, case)) != priority:
+                    continue  # moved up and already run, or dropped
+                del self._pending[(job, case)]
                 self.current = (job, case)
             self._cancel.clear()
             self._emit(Event("started", job, case))

@@ -70,6 +70,7 @@ class CaseData:
 
     scan: np.ndarray
     metadata: dict
+    placement: dict  # scale and translate (or affine) of the scan's napari layers
     labels: np.ndarray
     proposal: np.ndarray | None
     corrected: np.ndarray
@@ -188,16 +189,21 @@ class Session:
         return [c.id for c in self.cases if c.state == "not started"]
 
     def read_scan(self, case_id: str) -> tuple[np.ndarray, dict]:
+        """The scan (napari order) and its spatial metadata."""
+        scan, kwargs = self._read(case_id)
+        return scan, kwargs["metadata"]
+
+    def _read(self, case_id: str) -> tuple[np.ndarray, dict]:
         from ..io import read_nifti
 
         scan, kwargs, _ = read_nifti(self.scans_dir / self.case(case_id).scan, as_labels=False)
-        return scan, kwargs["metadata"]
+        return scan, kwargs
 
     def load(self, case_id: str) -> CaseData:
         """The scan with the current labels: the saved edits, else the proposal, else zeros."""
         from ..io import read_nifti
 
-        scan, meta = self.read_scan(case_id)
+        scan, kwargs = self._read(case_id)
         folder = self.case_dir(case_id)
 
         def read(name: str, labels: bool):
@@ -212,7 +218,8 @@ class Session:
         if edits is not None and proposal is not None:  # heals a crash between the two writes
             corrected |= edits != proposal
         maps = {key: m for key in MAPS if (m := read(f"proposal_{key}", False)) is not None}
-        return CaseData(scan, meta, np.asarray(labels), proposal, corrected, maps)
+        placement = {k: v for k, v in kwargs.items() if k in ("scale", "translate", "affine")}
+        return CaseData(scan, kwargs["metadata"], placement, np.asarray(labels), proposal, corrected, maps)
 
     def _set(self, case_id: str, **changes: Any) -> None:
         with self._mutex:

@@ -1,0 +1,313 @@
+"""Plugins > napari-diffmed > Label: a labeling session over a folder of scans, in napari.
+
+Open a session (scans folder, output folder, model); the ensemble proposes the cases one after another
+in the background while you work; the case list shows each case's state and score, Next case opens the
+least certain one, Next uncertain slice jumps along its ranking. Edit the labels with napari's own
+tools: they are saved to the output folder every few seconds and on every case change. Propose again
+resamples around your corrections, Accept writes the case and opens the next, Fine-tune trains the
+model on the accepted cases and switches to it. Background events reach the GUI through a timer that
+polls the runner's queue, so no layer is touched off the GUI thread.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import napari
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Select, SpinBox
+from napari.utils.notifications import show_error
+from qtpy.QtCore import QTimer
+
+from ..device import DEVICE_CHOICES
+from ..ensemble import DEFAULTS, MAX_MEMBERS
+from ..models import default_model, list_models
+
+AUTOSAVE_MS = 5000
+POLL_MS = 150
+
+
+class LabelingWidget(Container):
+    """Open a session, walk its cases (least certain first), correct, propose again, accept, fine-tune."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.viewer = viewer
+        self.scans = FileEdit(label="scans folder", mode="d")
+        self.out = FileEdit(label="output folder", mode="d")
+        names = [entry.name for entry in list_models(task="segmentation")]
+        default = default_model("segmentation", 2)
+        self.model = ComboBox(label="model", choices=names, value=default if default in names else None,
+                              nullable=True)
+        self.model_file = FileEdit(label="or model file", mode="r", filter="*.safetensors", nullable=True)
+        self.members = SpinBox(label="members", min=1, max=MAX_MEMBERS, value=DEFAULTS.members)
+        self.steps = SpinBox(label="steps", min=1, max=1000, value=DEFAULTS.steps)
+        self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
+        self.finetune_steps = SpinBox(label="fine-tune steps", min=1, max=100_000, value=200)
+        self.open_button = PushButton(text="Open session")
+        self._choices: list[tuple[str, str]] = []
+        self.case_list = Select(label="cases (least certain first)", choices=lambda *_: self._choices)
+        self.next_case_button, self.next_slice_button = PushButton(text="Next case"), PushButton(text="Next uncertain slice")
+        self.again_button, self.accept_button = PushButton(text="Propose again"), PushButton(text="Accept")
+        self.finetune_button, self.cancel_button = PushButton(text="Fine-tune"), PushButton(text="Cancel")
+        self.progress = ProgressBar(label="background", min=0, max=1, value=0)
+        self.status = Label(value="open a session")
+        row = lambda *w: Container(widgets=list(w), layout="horizontal", labels=False)  # noqa: E731
+        super().__init__(widgets=[
+            self.scans, self.out, self.model, self.model_file, self.members, self.steps, self.device,
+            self.open_button, self.case_list, row(self.next_case_button, self.next_slice_button),
+            row(self.again_button, self.accept_button), self.finetune_steps, row(self.finetune_button,
+                                                                                 self.cancel_button),
+            self.progress, self.status,
+        ])
+        self.session = None
+        self.runner = None
+        self.current: str | None = None
+        self.layers: dict[str, Any] = {}
+        self._saved: np.ndarray | None = None
+        self._slice = -1
+        self.open_button.changed.connect(self.open_session)
+        self.case_list.changed.connect(self._picked)
+        self.next_case_button.changed.connect(self.next_case)
+        self.next_slice_button.changed.connect(self.next_slice)
+        self.again_button.changed.connect(self.propose_again)
+        self.accept_button.changed.connect(self.accept)
+        self.finetune_button.changed.connect(self.finetune)
+        self.cancel_button.changed.connect(lambda *_: self.runner and self.runner.cancel())
+        self._poll = QTimer()
+        self._poll.timeout.connect(self.poll)
+        self._autosave = QTimer()
+        self._autosave.timeout.connect(self.autosave)
+        self.native.destroyed.connect(self.close_session)
+
+    # --- the session ---------------------------------------------------------------------------------
+
+    def open_session(self, *_: Any) -> bool:
+        """Open the chosen folders as a session and start proposing in the background."""
+        from ..labeling import Background, Session
+
+        self.close_session()
+        model = self.model_file.value
+        model = str(model) if model not in (None, Path("."), Path("")) else self.model.value
+        try:
+            self.session = Session(self.scans.value, self.out.value, device=self.device.value, model=model,
+                                   members=self.members.value, steps=self.steps.value)
+        except (ValueError, OSError, RuntimeError, KeyError) as err:
+            return self._fail(str(err))
+        self.runner = Background()
+        for case_id in self.session.to_propose():
+            self._submit_proposal(case_id)
+        self._poll.start(POLL_MS)
+        self._autosave.start(AUTOSAVE_MS)
+        self._refresh()
+        self.status.value = f"{len(self.session.cases)} cases; proposing in the background"
+        return True
+
+    def close_session(self, *_: Any) -> None:
+        """Save the open case, stop the background runner, release the folder."""
+        if self.session is None:
+            return
+        self.autosave()
+        self._poll.stop()
+        self._autosave.stop()
+        self.runner.close()
+        self.session.close()
+        self.session = self.runner = self.current = None
+
+    def _submit_proposal(self, case_id: str, urgent: bool = False) -> None:
+        from ..labeling import AHEAD, URGENT
+
+        session = self.session
+        self.runner.submit("propose", case_id, lambda: session.iter_propose(case_id), URGENT if urgent else AHEAD)
+
+    def _fail(self, message: str) -> bool:
+        show_error(f"Label: {message}")
+        self.status.value = f"failed: {message}"
+        return False
+
+    def _refresh(self) -> None:
+        """Rebuild the case list: cases to do least certain first, then the accepted ones."""
+        s = self.session
+        rows = []
+        for case_id in s.order() + s.accepted():
+            case = s.case(case_id)
+            score = f"{case.score:.3f} bits" if case.score is not None else "-"
+            rows.append((f"{case_id}: {case.state}, {score}", case_id))
+        self._choices = rows
+        self.case_list.reset_choices()
+
+    # --- background events ---------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Handle the runner's events on the GUI thread (the timer calls this)."""
+        import queue
+
+        while self.runner is not None:
+            try:
+                event = self.runner.events.get_nowait()
+            except queue.Empty:
+                return
+            label = f"{event.job} {event.case or ''}".strip()
+            if event.kind == "progress":
+                self.progress.max, self.progress.value = max(1, event.value.total), event.value.done
+                self.status.value = f"{label}: {event.value.message or event.value.done}"
+            elif event.kind == "failed":
+                self._fail(f"{label}: {event.value}")
+            elif event.kind == "cancelled":
+                self.status.value = f"{label}: cancelled"
+            elif event.kind == "done":
+                self._finished(event)
+
+    def _finished(self, event) -> None:
+        value = event.value
+        if event.job == "finetune":
+            self.status.value = (f"fine-tuned: held-out {value['held_out']} Dice {value['dice_before']:.3f} -> "
+                                 f"{value['dice_after']:.3f}; now using {Path(value['weights']).stem}")
+            for case_id in self.session.to_propose():  # later proposals come from the new model
+                self._submit_proposal(case_id)
+        elif event.job == "again":
+            if event.case == self.current:
+                self._show(event.case, keep_view=True)
+            drop = value["before"] - value["score"]
+            self.status.value = (f"{event.case}: uncertainty {value['before']:.3f} -> {value['score']:.3f} bits "
+                                 f"({-100 * drop / max(value['before'], 1e-9):+.0f}%)")
+        else:
+            self.status.value = f"{event.case} proposed: {value['score']:.3f} bits"
+            if event.case == self.current and "labels" not in self.layers:
+                self._show(event.case)
+        self._refresh()
+
+    # --- cases ---------------------------------------------------------------------------------------
+
+    def next_case(self, *_: Any) -> str | None:
+        """Open the least certain case still to do (not the one open now, when others are left)."""
+        if self.session is None:
+            return None
+        order = [c for c in self.session.order() if c != self.current] or self.session.order()
+        if not order:
+            self.status.value = "every case is accepted"
+            return None
+        self.open_case(order[0])
+        return order[0]
+
+    def _picked(self, *_: Any) -> None:
+        chosen = self.case_list.value
+        if chosen and chosen[0] != self.current:
+            self.open_case(chosen[0])
+
+    def open_case(self, case_id: str) -> None:
+        """Save the open case, then show ``case_id`` (or queue its proposal first)."""
+        self.autosave()
+        self.current = case_id
+        self._clear()
+        if self.session.case(case_id).score is None:
+            self._submit_proposal(case_id, urgent=True)
+            self.status.value = f"{case_id}: proposing first"
+            return
+        self._show(case_id)
+
+    def _clear(self) -> None:
+        for layer in self.layers.values():
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        self.layers, self._saved = {}, None
+
+    def _show(self, case_id: str, keep_view: bool = False) -> None:
+        data = self.session.load(case_id)
+        place = {**data.placement, "metadata": data.metadata}
+        if keep_view and "labels" in self.layers:
+            self.layers["labels"].data = data.labels
+            self.layers["entropy"].data = data.maps["entropy"]
+        else:
+            self._clear()
+            self.layers["scan"] = self.viewer.add_image(data.scan, name=f"{case_id}", **place)
+            self.layers["entropy"] = self.viewer.add_image(
+                data.maps["entropy"], name=f"{case_id} entropy", colormap="inferno", contrast_limits=(0, 1),
+                blending="additive", opacity=0.5, visible=False, **place)
+            self.layers["labels"] = self.viewer.add_labels(data.labels, name=f"{case_id} labels", opacity=0.5,
+                                                           **place)
+            self._slice = -1
+            self.next_slice()
+        self._saved = np.array(data.labels)
+        case = self.session.case(case_id)
+        self.status.value = f"{case_id}: {case.state}, {case.score:.3f} bits; most uncertain slices {case.ranking[:5]}"
+
+    def next_slice(self, *_: Any) -> int | None:
+        """Move the viewer to the open case's next most uncertain slice; returns its index."""
+        if self.current is None or "scan" not in self.layers:
+            return None
+        ranking = self.session.case(self.current).ranking
+        if not ranking:
+            return None
+        self._slice = (self._slice + 1) % len(ranking)
+        index, scan = ranking[self._slice], self.layers["scan"]
+        axis = self.session.settings.axis
+        point = np.asarray(scan.world_to_data(self.viewer.dims.point[-scan.ndim:]), dtype=float)
+        point[axis] = index
+        world = np.asarray(scan.data_to_world(point), dtype=float)
+        self.viewer.dims.set_point(self.viewer.dims.ndim - scan.ndim + axis, world[axis])
+        return index
+
+    # --- edits ---------------------------------------------------------------------------------------
+
+    def autosave(self, *_: Any) -> bool:
+        """Save the open case's labels when they changed since the last save; returns whether it saved."""
+        labels = self.layers.get("labels")
+        if self.session is None or self.current is None or labels is None or labels not in self.viewer.layers:
+            return False
+        data = np.asarray(labels.data)
+        if self._saved is not None and np.array_equal(data, self._saved):
+            return False
+        try:
+            corrected = self.session.save_edits(self.current, data)
+        except (ValueError, OSError) as err:
+            return self._fail(f"could not save {self.current}: {err}")
+        self._saved = data.copy()
+        self.status.value = f"{self.current}: saved ({corrected} corrected voxels)"
+        self._refresh()
+        return True
+
+    def propose_again(self, *_: Any) -> bool:
+        """Save, then resample the open case around its corrected voxels in the background."""
+        if self.current is None or "labels" not in self.layers:
+            return self._fail("open a proposed case first")
+        self.autosave()
+        if not self.session.load(self.current).corrected.any():
+            return self._fail(f"{self.current} has no corrections yet: edit its labels first")
+        from ..labeling import URGENT
+
+        session, case_id = self.session, self.current
+        self.runner.submit("again", case_id, lambda: session.iter_propose(case_id, again=True), URGENT)
+        self.status.value = f"{case_id}: proposing again around the corrections"
+        return True
+
+    def accept(self, *_: Any) -> str | None:
+        """Accept the open case's labels (written as NIfTI in its scan's space) and open the next case."""
+        if self.current is None or "labels" not in self.layers:
+            self._fail("open a proposed case first")
+            return None
+        try:
+            path = self.session.accept(self.current, np.asarray(self.layers["labels"].data))
+        except (ValueError, OSError) as err:
+            self._fail(str(err))
+            return None
+        self._saved = None
+        self._clear()
+        self._refresh()
+        done = self.current
+        self.current = None
+        self.status.value = f"accepted {done}: {path.name}"
+        self.next_case()
+        return done
+
+    def finetune(self, *_: Any) -> bool:
+        """Fine-tune the model on the accepted cases in the background (live loss in the status line)."""
+        from ..labeling import URGENT, FinetuneSettings, iter_finetune
+
+        if self.session is None or len(self.session.accepted()) < 2:
+            return self._fail("fine-tuning needs at least 2 accepted cases")
+        self.autosave()
+        session, settings = self.session, FinetuneSettings(steps=self.finetune_steps.value)
+        self.runner.submit("finetune", None, lambda: iter_finetune(session, settings), URGENT)
+        self.status.value = "fine-tuning queued"
+        return True

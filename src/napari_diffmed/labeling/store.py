@@ -19,8 +19,8 @@ from typing import Any
 LOCK_NAME = "session.lock"
 
 
-class SessionLocked(RuntimeError):
-    """Another live session holds the folder."""
+class SessionLocked(FileExistsError):
+    """Another live session holds the folder (its lock file exists)."""
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -8,7 +8,8 @@ The annotator, on each case, corrects the ``k`` most uncertain slices to the ref
 
 1. Order: pooled Dice over all cases (each case: its proposal, with the slices corrected so far set to
    the reference) against the number of corrected slices, uncertainty-first (cases by score, slices by
-   the ensemble's ranking) against sequential (cases in folder order, slices top to bottom).
+   the ensemble's ranking) against no guidance (cases and slices in random order, 50 draws averaged)
+   and against the folder's order with each case's top slices first.
 2. Resampling around corrections: on each of the ``k`` most uncertain slices the annotator paints one
    square (``--box`` voxels) around the most uncertain spot to the reference; Dice of the voxels left
    uncorrected on those slices, the proposal with the corrections pasted against Propose again.
@@ -67,16 +68,13 @@ def make_cases(folder: Path) -> dict[str, np.ndarray]:
     return refs
 
 
-def order_curve(session: Session, refs: dict, k: int, uncertainty: bool, cases: list[str]) -> np.ndarray:
-    """Pooled Dice after each corrected slice: ``cases`` in that order, each case's k most uncertain
-    slices (``uncertainty``) or its first k slices."""
+def order_curve(session: Session, refs: dict, k: int, cases: list[str], pick) -> np.ndarray:
+    """Pooled Dice after each corrected slice: ``cases`` in that order, ``pick(case)`` slices of each."""
     labels = {c: session.load(c).labels > 0 for c in refs}
     ref_all = np.concatenate([refs[c].ravel() for c in refs])
     curve = [dice(np.concatenate([labels[c].ravel() for c in refs]), ref_all)]
     for c in cases:
-        case = session.case(c)
-        slices = case.ranking[:k] if uncertainty else case.slices[:k]
-        for i in slices:
+        for i in pick(c):
             labels[c][i] = refs[c][i] > 0
             curve.append(dice(np.concatenate([labels[x].ravel() for x in refs]), ref_all))
     return np.array(curve)
@@ -128,11 +126,15 @@ def main(argv=None) -> int:
         for c in session.order():
             print(f"| {c} | {session.case(c).score:.3f} | {dice(session.load(c).labels, refs[c]):.3f} |")
 
-        rng = np.random.default_rng(0)  # a folder's order is arbitrary: average 20 of them
-        shuffled = [order_curve(session, refs, args.k, False, list(rng.permutation(list(refs)))) for _ in range(20)]
-        curves = {"uncertainty-first": order_curve(session, refs, args.k, True, session.order()),
-                  "sequential (folder order)": order_curve(session, refs, args.k, False, list(refs)),
-                  "sequential (mean of 20 random orders)": np.mean(shuffled, axis=0)}
+        rng = np.random.default_rng(0)  # without guidance: cases and slices in an arbitrary order, 50 draws
+        slices = {c: session.case(c).slices for c in refs}
+        blind = [order_curve(session, refs, args.k, list(rng.permutation(list(refs))),
+                             lambda c: rng.permutation(slices[c])[:args.k]) for _ in range(50)]
+        curves = {"uncertainty-first": order_curve(session, refs, args.k, session.order(),
+                                                   lambda c: session.case(c).ranking[:args.k]),
+                  "random order (mean of 50)": np.mean(blind, axis=0),
+                  "folder order, top slices first": order_curve(session, refs, args.k, list(refs),
+                                                                lambda c: slices[c][::-1][:args.k])}
         print("\ncorrected slices | " + " | ".join(curves) + "\n---|---|---|---")
         for n in range(len(curves["uncertainty-first"])):
             print(f"{n} | " + " | ".join(f"{curves[c][n]:.3f}" for c in curves))

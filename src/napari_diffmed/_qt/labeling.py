@@ -44,7 +44,7 @@ class LabelingWidget(Container):
         self.steps = SpinBox(label="steps", min=1, max=1000, value=DEFAULTS.steps)
         self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
         self.finetune_steps = SpinBox(label="fine-tune steps", min=1, max=100_000, value=200)
-        self.open_button = PushButton(text="Open session")
+        self.open_button = PushButton(text="Open session", tooltip="an existing session keeps its stored settings")
         self._choices: list[tuple[str, str]] = []
         self.case_list = Select(label="cases (least certain first)", choices=lambda *_: self._choices)
         self.next_case_button, self.next_slice_button = PushButton(text="Next case"), PushButton(text="Next uncertain slice")
@@ -89,11 +89,14 @@ class LabelingWidget(Container):
         self.close_session()
         model = self.model_file.value
         model = str(model) if model not in (None, Path("."), Path("")) else self.model.value
+        settings = dict(model=model, members=self.members.value, steps=self.steps.value)
+        if (Path(self.out.value) / "session.json").exists():
+            settings = {}  # an existing session keeps its settings (and the model it was fine-tuned to)
         try:
-            self.session = Session(self.scans.value, self.out.value, device=self.device.value, model=model,
-                                   members=self.members.value, steps=self.steps.value)
-        except (ValueError, OSError, RuntimeError, KeyError) as err:
+            self.session = Session(self.scans.value, self.out.value, device=self.device.value, **settings)
+        except (ValueError, OSError, KeyError) as err:
             return self._fail(str(err))
+        self.members.value, self.steps.value = self.session.settings.members, self.session.settings.steps
         self.runner = Background()
         for case_id in self.session.to_propose():
             self._submit_proposal(case_id)
@@ -157,6 +160,8 @@ class LabelingWidget(Container):
                 self.status.value = f"{label}: cancelled"
             elif event.kind == "done":
                 self._finished(event)
+            if event.job == "again" and event.kind in ("failed", "cancelled", "done") and "labels" in self.layers:
+                self.layers["labels"].editable = True
 
     def _finished(self, event) -> None:
         value = event.value
@@ -278,6 +283,7 @@ class LabelingWidget(Container):
 
         session, case_id = self.session, self.current
         self.runner.submit("again", case_id, lambda: session.iter_propose(case_id, again=True), URGENT)
+        self.layers["labels"].editable = False  # until the new proposal replaces the layer's data
         self.status.value = f"{case_id}: proposing again around the corrections"
         return True
 

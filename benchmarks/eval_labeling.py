@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     parser.add_argument("--box", type=int, default=12, help="side of a painted square (voxels, 2 mm)")
     parser.add_argument("--finetune-steps", type=int, default=150)
     parser.add_argument("--held-out", default="case21_gamma+bias",
-                        help="the case fine-tuning scores; no case of its slab (the digit after the variant's) is trained on")
+                        help="the case fine-tuning scores; no case of its slab (the digit after the variant's) "
+                             "is trained on")
     parser.add_argument("--no-defaults-timing", action="store_true")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
             r = segment_ensemble(scan, meta["spacing"], model=model, members=args.members, steps=args.steps,
                                  device="cpu", indices=session.case(args.held_out).slices)
             ref_dice[label] = dice(r.labels(), refs[args.held_out])
-        print(f"\nfine-tuning {args.finetune_steps} steps on {len(result['train_cases'])} accepted cases {result['train_cases']} "
+        print(f"\nfine-tuning {args.finetune_steps} steps on the accepted cases {result['train_cases']} "
               f"({time.perf_counter() - t0:.0f} s with the evaluations): held-out {args.held_out} Dice against the "
               f"reference {ref_dice['shipped']:.3f} -> {ref_dice['fine-tuned']:.3f}; against its accepted labels "
               f"{result['dice_before']:.3f} -> {result['dice_after']:.3f}; loss first 10 "

@@ -47,7 +47,8 @@ class LabelingWidget(Container):
         self.open_button = PushButton(text="Open session", tooltip="an existing session keeps its stored settings")
         self._choices: list[tuple[str, str]] = []
         self.case_list = Select(label="cases (least certain first)", choices=lambda *_: self._choices)
-        self.next_case_button, self.next_slice_button = PushButton(text="Next case"), PushButton(text="Next uncertain slice")
+        self.next_case_button = PushButton(text="Next case")
+        self.next_slice_button = PushButton(text="Next uncertain slice")
         self.again_button, self.accept_button = PushButton(text="Propose again"), PushButton(text="Accept")
         self.finetune_button, self.cancel_button = PushButton(text="Fine-tune"), PushButton(text="Cancel")
         self.progress = ProgressBar(label="background", min=0, max=1, value=0)

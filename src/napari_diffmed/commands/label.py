@@ -1,4 +1,4 @@
-"""``napari-diffmed label SCANS_DIR --out DIR``: a labeling session from the shell (list, propose, accept, fine-tune)."""
+"""``napari-diffmed label SCANS_DIR --out DIR``: a labeling session from the shell (propose, accept, fine-tune)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default=None, help="segmentation model name or path (default: stored, or shipped)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--seed", type=int, default=None, help=f"ensemble seed (default: stored, or {DEFAULTS.seed})")
-    p.add_argument("--members", type=int, default=None, help=f"ensemble members (default: stored, or {DEFAULTS.members})")
+    p.add_argument("--members", type=int, default=None,
+                   help=f"ensemble members (default: stored, or {DEFAULTS.members})")
     p.add_argument("--steps", type=int, default=None, help=f"denoising steps (default: stored, or {DEFAULTS.steps})")
     p.add_argument("--slices", default=None, help="slices to propose on, e.g. 40:52 (default: slices with foreground)")
     p.add_argument("--score", choices=("entropy", "mutual_information"), default=None,

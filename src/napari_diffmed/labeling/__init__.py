@@ -4,7 +4,8 @@ accepted cases. No Qt here: the widget (``_qt/labeling.py``) and ``napari-diffme
 
 from .background import AHEAD, URGENT, Background, Cancelled, Event
 from .finetune import FinetuneSettings, iter_finetune
-from .session import STATES, Case, CaseData, LabelSettings, Session
+from .cases import STATES, Case, CaseData, LabelSettings
+from .session import Session
 from .store import SessionLocked
 
 __all__ = ["AHEAD", "URGENT", "Background", "Cancelled", "Case", "CaseData", "Event", "FinetuneSettings",

@@ -63,6 +63,7 @@ def image_to_layer_data(img, name: str = "image", as_labels: bool | None = None)
 
     if img.ndim > 4 or img.ndim < 2:
         raise ValueError(f"{name}: NIfTI images with {img.ndim} axes are not supported (2 to 4 are)")
+    check_geometry(img, name)
     source = img
     if img.ndim == 2:  # nibabel cannot reorient 2D arrays with a 3D affine: add the singleton z axis
         img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine)
@@ -98,6 +99,8 @@ def image_to_layer_data(img, name: str = "image", as_labels: bool | None = None)
         data = np.asarray(data).astype(_label_dtype(data, np.int32 if data.dtype.itemsize >= 4 else np.int16))
     else:
         data = np.asarray(data, dtype=np.float32)
+    if _mapped(data):  # never hand out a memory map of a user's file: truncating it would crash the reader
+        data = data.copy()
     ndim = data.ndim
     metadata: dict[str, Any] = {
         "affine": np.asarray(img.affine, dtype=np.float64),
@@ -119,15 +122,50 @@ def image_to_layer_data(img, name: str = "image", as_labels: bool | None = None)
     return data, kwargs, "labels" if as_labels else "image"
 
 
-def read_nifti(path: str | os.PathLike, as_labels: bool | None = None) -> tuple[np.ndarray, dict, str]:
-    """Read a NIfTI file into ``(data, layer_kwargs, layer_type)``; see :func:`image_to_layer_data`."""
+def check_geometry(img, name: str) -> None:
+    """Refuse, naming the problem and the file, voxel types and affines no layer can show."""
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None or np.issubdtype(dtype, np.complexfloating):
+        what = "complex-valued" if dtype.fields is None else "RGB/RGBA colour"
+        raise ValueError(f"{name}: {what} voxels ({dtype}) are not supported; save one real channel (e.g. the "
+                         "magnitude, or grey values) as a NIfTI first")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise ValueError(f"{name}: the voxel-to-world affine (sform/qform) holds NaN or infinite values")
+    sizes = np.linalg.svd(affine[:3, :3], compute_uv=False)
+    if sizes[-1] <= 1e-9 * max(sizes[0], 1e-300):
+        raise ValueError(f"{name}: the voxel-to-world affine (sform/qform) is singular (voxel sizes "
+                         f"{np.round(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)), 6).tolist()}): a zero or "
+                         "repeated axis, so the scan has no place in space")
+
+
+def _mapped(arr: np.ndarray) -> bool:
+    """Whether ``arr`` views a memory-mapped file."""
+    while arr is not None:
+        if isinstance(arr, np.memmap) or type(arr).__name__ == "mmap":
+            return True
+        arr = getattr(arr, "base", None)
+    return False
+
+
+def read_nifti(path: str | os.PathLike, as_labels: bool | None = None,
+               max_voxels: int | None = None) -> tuple[np.ndarray, dict, str]:
+    """Read a NIfTI file into ``(data, layer_kwargs, layer_type)``; see :func:`image_to_layer_data`.
+
+    The header is checked first: more declared voxels than ``max_voxels`` (default
+    ``$NAPARI_DIFFMED_MAX_VOXELS`` or :data:`limits.DEFAULT_MAX_VOXELS`), complex or RGB voxels
+    are refused before any voxel is read. The voxels are read into memory, never memory-mapped.
+    """
     import nibabel as nib
+
+    from .limits import check_nifti_header
 
     path = Path(path)
     if not is_nifti(path):
         raise ValueError(f"{path} is not a NIfTI file (.nii or .nii.gz)")
+    check_nifti_header(path, max_voxels)
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path), mmap=False)
     except Exception as err:  # nibabel raises many kinds for corrupt files
         raise ValueError(f"cannot read {path}: {err}") from None
     try:  # nibabel reads lazily: a truncated or corrupt file fails only here
@@ -169,6 +207,10 @@ def layer_to_image(data: np.ndarray, metadata: dict | None, labels: bool = False
         spatial = src_shape[:3]
         lead = 1 if len(src_shape) == 4 else 0
         arr = data
+        want = 3 + lead - len(meta.get("squeezed", ()))
+        if arr.ndim != want:
+            raise ValueError(f"layer of shape {data.shape} ({data.ndim} axes) does not fit the source grid "
+                             f"{src_shape} of {meta.get('source', 'its source')}: it needs {want} axes")
         for ax in meta.get("squeezed", ()):
             arr = np.expand_dims(arr, ax)
         canonical_shape = tuple(arr.shape)
@@ -179,6 +221,7 @@ def layer_to_image(data: np.ndarray, metadata: dict | None, labels: bool = False
         if tuple(arr.shape[:3]) != tuple(spatial) and len(spatial) == 3:
             raise ValueError(
                 f"layer of shape {data.shape} (canonical {canonical_shape}) does not fit the source grid {src_shape}"
+                f" of {meta.get('source', 'its source')}"
             )
         arr = arr.reshape(tuple(src_shape[: len(src_shape)]) if arr.size == np.prod(src_shape) else arr.shape)
         header = meta.get("header")

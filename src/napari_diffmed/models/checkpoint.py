@@ -105,6 +105,17 @@ def save_model(network: "torch.nn.Module", card: ModelCard, weights: str | Path,
     return weights
 
 
+def _check_finite(state: dict, name: str) -> None:
+    """Refuse weights holding NaN or infinite values: they would give all-NaN results, hash or no hash."""
+    import torch
+
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelCardError(f"weights of {name!r} hold {bad} NaN or infinite values in tensor {key!r}: the "
+                                 "file is damaged or was saved from a diverged training")
+
+
 def load_model(weights: str | Path, device: "str | torch.device" = "cpu") -> LoadedModel:
     """Load a model from its safetensors file and card, checking schema, hash and shapes."""
     from safetensors import SafetensorError
@@ -126,6 +137,7 @@ def load_model(weights: str | Path, device: "str | torch.device" = "cpu") -> Loa
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise ModelCardError(f"{weights} is not a readable safetensors file: {err}") from None
+    _check_finite(state, card.name)
     network = build_network(card)
     expected = network.state_dict()
     missing = sorted(set(expected) - set(state))

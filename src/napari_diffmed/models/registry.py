@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .card import ModelCard, ModelCardError
-from .checkpoint import LoadedModel, load_model
+from .card import ModelCard, ModelCardError, sha256_file
+from .checkpoint import LoadedModel, card_path, load_model
 
 ENV_VAR = "NAPARI_DIFFMED_MODELS"
 SHIPPED_DIR = Path(__file__).parent / "weights"
@@ -39,7 +39,7 @@ def model_dirs() -> list[tuple[Path, str]]:
 
 
 def list_models(task: str | None = None, spatial_dims: int | None = None) -> list[ModelEntry]:
-    """Every readable model card with weights beside it; broken cards are skipped, not fatal.
+    """Every readable model card with weights beside it; a broken card is skipped with a warning naming its file.
 
     Names are unique: the first folder of :func:`model_dirs` wins (shipped, then the user's in order),
     and a model hidden by an earlier one of the same name is named in a warning.
@@ -54,7 +54,8 @@ def list_models(task: str | None = None, spatial_dims: int | None = None) -> lis
                 continue
             try:
                 card = ModelCard.read(card_file)
-            except ModelCardError:
+            except (ModelCardError, OSError) as err:  # one bad user file must not hide every other model
+                warnings.warn(f"skipped the model card {card_file}: {err}", UserWarning, stacklevel=2)
                 continue
             if (task is None or card.task == task) and (spatial_dims is None or card.spatial_dims == spatial_dims):
                 first = entries.setdefault(card.name, ModelEntry(card.name, weights, card, source))
@@ -90,8 +91,15 @@ def default_model(task: str, spatial_dims: int = 2, purpose: str | None = None) 
 
 
 @lru_cache(maxsize=8)
-def _cached(path: str, mtime: float, device: str) -> LoadedModel:
+def _cached(path: str, content: tuple[str, str], device: str) -> LoadedModel:
     return load_model(path, device=device)
+
+
+def _content(weights: Path) -> tuple[str, str]:
+    """sha256 of the weights and of their card: the cache key, so a changed file is never served from it,
+    whatever its time stamp says."""
+    card = card_path(weights)
+    return sha256_file(weights), sha256_file(card) if card.exists() else ""
 
 
 def load_for_task(model: "str | os.PathLike | LoadedModel | None", task: str, device: str = "auto",
@@ -109,9 +117,9 @@ def load_for_task(model: "str | os.PathLike | LoadedModel | None", task: str, de
 
 def get_model(model: str | os.PathLike, device: str = "cpu", task: str | None = None,
               purpose: str = "this task") -> LoadedModel:
-    """Load (once per file version and device) and check the model suits ``task``."""
+    """Load (once per content of weights and card, and device) and check the model suits ``task``."""
     path = resolve(model)
-    loaded = _cached(str(path), path.stat().st_mtime, str(device))
+    loaded = _cached(str(path), _content(path), str(device))
     if task is not None and loaded.card.task != task:
         raise ValueError(
             f"model {loaded.card.name!r} is a {loaded.card.task} model; {purpose} needs {_a(task)} model "

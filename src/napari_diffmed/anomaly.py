@@ -130,7 +130,9 @@ class AnomalyResult:
 
     def labels(self, threshold: float | None = None) -> np.ndarray:
         """Binary anomaly mask ``heatmap >= threshold`` inside the brain (no model call)."""
-        t = self.threshold if threshold is None else float(threshold)
+        from .validation import check_threshold
+
+        t = self.threshold if threshold is None else check_threshold(threshold)
         return ((self.heatmap >= t) & self.brain_mask).astype(np.uint8)
 
 
@@ -304,12 +306,15 @@ def iter_anomaly_map(
     from .device import make_generator, resolve_seed
     from .sampling import make_scheduler
     from .simplex import simplex_noise
+    from .validation import check_finite_result, check_task_inputs
     from .volumes import prepare
 
     unknown = sorted(set(settings) - set(AnomalySettings.__dataclass_fields__))
     if unknown:
         raise ValueError(f"unknown settings {unknown}; allowed: {sorted(AnomalySettings.__dataclass_fields__)}")
     cfg = replace(DEFAULTS, **settings)
+    check_task_inputs(image, spacing, mask=mask, axis=axis, indices=indices, seed=cfg.seed,
+                      copies=8 + 2 * cfg.reconstructions, what=f"{cfg.reconstructions} reconstruction(s)")
     image = np.asarray(image)
     brain = foreground_mask(image) if mask is None else np.asarray(mask) > 0
     if brain.shape != image.shape or not brain.any():
@@ -357,6 +362,9 @@ def iter_anomaly_map(
                 last_preview = time.perf_counter()
                 preview = _on_input(prepared, prepared.normaliser.inverse(_mean(recon)), image, fill=image)
             yield Progress(done, total, preview, phases[j])
+    for name, values in (("reconstruction", recon), ("unguided decoding", plain)):
+        if values is not None:
+            check_finite_result(name, values, loaded.model_id)
     neg = negative_class(card, cfg.negative)
     record = {"start_timestep": t_start, "network_calls_per_batch": per_batch, "seed": seed,
               "negative_class": None if neg is None else dict(enumerate(card.class_names)).get(neg, "null"),

@@ -213,15 +213,13 @@ def iter_segment_ensemble(
     from .device import make_generator, resolve_seed
     from .provenance import provenance
     from .sampling import Conditioning, iter_denoise, make_scheduler
+    from .validation import check_finite_result, check_task_inputs
     from .volumes import as_volume, prepare
 
     members = _whole("members", members, 1, MAX_MEMBERS)
     chunk = _whole("chunk", chunk, 1, 65536)
-    if seed is not None:
-        _whole("seed", seed, 0, 2**63 - 1)
+    check_task_inputs(image, spacing, axis=axis, indices=indices, seed=seed, copies=0, values=False)
     arr = np.asarray(image)
-    if arr.ndim not in (2, 3):
-        as_volume(arr, spacing)  # names the problem
     if fixed is not None:
         from .corrections import Held, check_fixed
         fixed = check_fixed(fixed, arr.shape)
@@ -274,6 +272,7 @@ def iter_segment_ensemble(
                 picture = _on_input(prepared, _restored(prepared, soft.mean(axis=1)), arr.shape)
                 next_preview = time.perf_counter() + max(0.5, 10 * (time.perf_counter() - t0))
             yield Progress(done, total, picture, f"ensemble batch {c + 1}/{len(chunks)}")
+    check_finite_result("ensemble members", soft, loaded.model_id)
     slab = _restored(prepared, np.moveaxis(soft, 1, 0))  # the maps are computed on the seen slices only
     if held is not None:  # the final paste is exact on the input grid
         slab = held.paste(slab)

@@ -269,6 +269,7 @@ def iter_inpaint(
     from .device import make_generator, resolve_seed
     from .provenance import provenance
     from .sampling import Conditioning, iter_denoise, make_scheduler
+    from .validation import check_finite_result, check_task_inputs
     from .volumes import as_volume, prepare
 
     settings = settings_for(mode, steps, jump_length, resamplings)
@@ -276,6 +277,8 @@ def iter_inpaint(
         low = 0 if key == "dilate" else 1
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= top:
             raise ValueError(f"{key} must be a whole number from {low} to {top}, got {value!r}")
+    check_task_inputs(image, spacing, mask=mask, axis=axis, indices=indices, seed=seed, copies=2 * proposals + 6,
+                      what=f"{proposals} proposals")
     arr = np.asarray(image)
     as_volume(arr, spacing)  # checks dims, values and spacing
     dtype = np.result_type(arr.dtype, np.float32)
@@ -358,6 +361,7 @@ def iter_inpaint(
                 next_preview = time.perf_counter() + max(0.5, 10 * (time.perf_counter() - t0))
             yield Progress(done, total, picture, f"inpainting batch {c + 1}/{len(chunks)}")
 
+    check_finite_result("inpainted fill", out, loaded.model_id)
     props = _compose(prepared, out.reshape((proposals, n) + out.shape[1:]), fill3, source, dtype)
     fill = fill3 if arr.ndim == 3 else fill3[0]
     mean = np.where(fill, props.mean(axis=0, dtype=np.float64).astype(dtype), source)

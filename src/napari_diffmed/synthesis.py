@@ -88,8 +88,9 @@ def load_image_model(model: str | os.PathLike | LoadedModel | None = None, devic
 
 
 def _check_numbers(n: int, guidance: float, eta: float, seed: int | None = None) -> None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-        raise ValueError(f"seed must be a whole number >= 0 (or None for a fresh one), got {seed!r}")
+    from .validation import check_seed
+
+    check_seed(seed)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_SAMPLES:
         raise ValueError(f"number of samples must be a whole number from 1 to {MAX_SAMPLES}, got {n!r}")
     if not isinstance(guidance, numbers.Real) or not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE:
@@ -150,6 +151,7 @@ def iter_synthesize(
     from .device import make_generator, resolve_seed
     from .provenance import provenance
     from .sampling import iter_denoise, make_scheduler
+    from .validation import check_finite_result
 
     _check_numbers(n, guidance, eta, seed)
     loaded = load_image_model(model, device)
@@ -172,6 +174,7 @@ def iter_synthesize(
             break
         evaluations = step.total
         yield Progress(step.index, step.total, _unit(step.x0), "denoising")
+    check_finite_result("samples", final, loaded.model_id)
     samples = _unit(final)
     seconds = round(time.perf_counter() - start, 3)
     record = provenance(

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..anomaly import COMPARES, DEFAULTS, METHODS
+from ..outputs import OutputSet
 from .common import add_common, file_runner, on_server, printer, write_sidecar
 
 
@@ -51,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.anomaly import anomaly_scores
     from ..io import read_scan, write_nifti
     from ..slices import check_slices, parse_slices
+    from ..validation import check_threshold
 
     (anomaly_map,) = on_server(args, anomaly_map)
+    if args.threshold is not None:
+        check_threshold(args.threshold, "--threshold")
     scan, kwargs, _ = read_scan(args.scan, as_labels=False, series=args.series)
     if scan.ndim not in (2, 3):
         raise ValueError(f"{args.scan}: expected a 2D or 3D scan, got shape {scan.shape}")
@@ -70,9 +74,7 @@ def run(args: argparse.Namespace) -> int:
              "brain": "brain_mask", **({"variance": "anomaly_variance"} if k > 1 else {})}
     paths = {key: args.out / f"{stem}_{suffix}.nii.gz" for key, suffix in names.items()}
     sidecar = args.out / f"{stem}_anomaly.json"
-    existing = [str(p) for p in [*paths.values(), sidecar] if p.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite to replace them")
+    outputs = OutputSet(args.out, paths.values(), sidecar, args.overwrite)
     settings = dict(method=args.method, guidance=args.guidance, compare=args.compare, negative=args.negative,
                     reconstructions=k,
                     steps=args.steps,
@@ -87,26 +89,26 @@ def run(args: argparse.Namespace) -> int:
     threshold = result.threshold if args.threshold is None else float(args.threshold)
     for note in result.messages:
         log(f"  notice: {note}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = kwargs["metadata"]
-    arrays = {"heatmap": (result.heatmap, False), "reconstruction": (result.reconstruction, False),
-              "labels": (result.labels(threshold), True), "brain": (result.brain_mask.astype(np.uint8), True),
-              "variance": (result.variance, False)}
-    for key, path in paths.items():
-        data, labels = arrays[key]
-        write_nifti(path, data, meta, labels=labels, overwrite=args.overwrite)
-        log(f"  wrote {path}")
-    record = {**result.provenance, "scan": str(args.scan), "threshold": threshold,
-              "messages": result.messages,
-              "files": {key: str(path) for key, path in paths.items()}}
-    if "reference" in masks:
-        try:
-            record["scores"] = anomaly_scores(result.heatmap, masks["reference"], threshold, result.brain_mask)
-            log("  " + ", ".join(f"{key} {value:.3f}" for key, value in record["scores"].items()))
-        except ValueError as err:  # e.g. no lesion inside the brain mask: keep the results, say why
-            record["scores"] = f"not scored: {err}"
-            log(f"  {record['scores']}")
-    write_sidecar(sidecar, record, overwrite=args.overwrite)
+    with outputs.staging() as stage:
+        meta = kwargs["metadata"]
+        arrays = {"heatmap": (result.heatmap, False), "reconstruction": (result.reconstruction, False),
+                  "labels": (result.labels(threshold), True), "brain": (result.brain_mask.astype(np.uint8), True),
+                  "variance": (result.variance, False)}
+        for key, path in paths.items():
+            data, labels = arrays[key]
+            write_nifti(stage(path), data, meta, labels=labels, overwrite=args.overwrite)
+            log(f"  wrote {path}")
+        record = {**result.provenance, "scan": str(args.scan), "threshold": threshold,
+                  "messages": result.messages,
+                  "files": {key: str(path) for key, path in paths.items()}}
+        if "reference" in masks:
+            try:
+                record["scores"] = anomaly_scores(result.heatmap, masks["reference"], threshold, result.brain_mask)
+                log("  " + ", ".join(f"{key} {value:.3f}" for key, value in record["scores"].items()))
+            except ValueError as err:  # e.g. no lesion inside the brain mask: keep the results, say why
+                record["scores"] = f"not scored: {err}"
+                log(f"  {record['scores']}")
+        write_sidecar(stage(sidecar), record, overwrite=args.overwrite)
     log(f"  wrote {sidecar} ({result.provenance['seconds']:.0f} s of model time)")
     return 0
 

@@ -58,11 +58,13 @@ def file_runner(command: str, *positional: str) -> Callable[..., list[Path]]:
     command's options by their Python names (``steps=20``, ``class_name="healthy"``,
     ``overwrite=True``), checked by the command's own parser; ``positional`` names the
     further positional arguments to take from ``settings`` (inpainting's ``mask``). Returns
-    the files the run wrote.
+    the files the run wrote, or, when the file's whole output set exists already (and
+    ``overwrite`` is off), that set: a rerun skips finished files.
     """
 
     def run_file(path: str | os.PathLike, out_dir: str | os.PathLike, **settings: Any) -> list[Path]:
         from ..cli import build_parser
+        from ..outputs import OutputSetComplete
 
         parser = build_parser()
         sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
@@ -77,7 +79,10 @@ def file_runner(command: str, *positional: str) -> Callable[..., list[Path]]:
             raise ValueError(f"invalid {command} settings {settings} (see napari-diffmed {command} --help)") from None
         out = Path(out_dir)
         before = _stamps(out)
-        args.func(args)
+        try:
+            args.func(args)
+        except OutputSetComplete as done:  # a rerun: this file's set is finished already
+            return sorted(done.files)
         return sorted(p for p, stamp in _stamps(out).items() if before.get(p) != stamp)
 
     run_file.__name__ = run_file.__qualname__ = "run_file"

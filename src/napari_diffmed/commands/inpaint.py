@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..inpainting import DEFAULTS, MODES, describe
+from ..outputs import OutputSet, file_prefix
 from .common import add_common, file_runner, on_server, printer, write_sidecar
 
 
@@ -39,7 +40,8 @@ def add_parser(subparsers) -> None:
                         help="only these slices along --axis: START:STOP (STOP excluded), e.g. 40:52, or 3,5,7; "
                              "default: every slice that holds mask voxels")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="images per network call")
-    parser.add_argument("--prefix", default=None, help="output file name prefix (default: the scan's name)")
+    parser.add_argument("--prefix", default=None, type=file_prefix,
+                        help="output file name prefix (default: the scan's name)")
 
 
 def _slices(text: str) -> list[int] | None:
@@ -114,9 +116,7 @@ def run(args: argparse.Namespace) -> int:
     names = [f"proposal{k}" for k in range(args.proposals)] + ["mean", "variance", "mask"]
     targets = {n: args.out / f"{prefix}_inpaint_{n}.nii.gz" for n in names}
     sidecar = args.out / f"{prefix}_inpaint.json"
-    existing = [p for p in [*targets.values(), sidecar] if p.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace, or choose another --out/--prefix")
+    outputs = OutputSet(args.out, targets.values(), sidecar, args.overwrite)
     for note in notes:
         say(f"notice: {note}")
     loaded = image_model(args.model, args.device)  # after every check of the input: loading takes a while
@@ -132,16 +132,16 @@ def run(args: argparse.Namespace) -> int:
     for note in result.messages:
         say(f"notice: {note}")
     notes += result.messages
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = scan_kw["metadata"]
-    for k in range(args.proposals):
-        write_nifti(targets[f"proposal{k}"], result.proposals[k], meta, overwrite=args.overwrite)
-    write_nifti(targets["mean"], result.mean, meta, overwrite=args.overwrite)
-    write_nifti(targets["variance"], result.variance, meta, overwrite=args.overwrite)
-    write_nifti(targets["mask"], result.mask, meta, labels=True, overwrite=args.overwrite)
-    record = {"scan": str(args.scan), "mask": str(args.mask), "files": [p.name for p in targets.values()],
-              **result.provenance, "messages": notes}
-    write_sidecar(sidecar, record, overwrite=args.overwrite)
+    with outputs.staging() as stage:
+        meta = scan_kw["metadata"]
+        for k in range(args.proposals):
+            write_nifti(stage(targets[f"proposal{k}"]), result.proposals[k], meta, overwrite=args.overwrite)
+        write_nifti(stage(targets["mean"]), result.mean, meta, overwrite=args.overwrite)
+        write_nifti(stage(targets["variance"]), result.variance, meta, overwrite=args.overwrite)
+        write_nifti(stage(targets["mask"]), result.mask, meta, labels=True, overwrite=args.overwrite)
+        record = {"scan": str(args.scan), "mask": str(args.mask), "files": [p.name for p in targets.values()],
+                  **result.provenance, "messages": notes}
+        write_sidecar(stage(sidecar), record, overwrite=args.overwrite)
     prov = result.provenance
     where = "the whole volume" if prov.get("slices") is None else f"slices {prov['slices']}"
     say(f"used {prov['network_calls']} network calls on {where}; {prov.get('seconds', 0):.1f} s")

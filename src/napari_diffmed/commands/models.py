@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.name:
         return _show(args.name, args.json)
-    rows = [_row(entry) for entry in list_models(task=args.task)]
+    with warnings.catch_warnings():  # the skipped cards are reported below, with their reasons
+        warnings.filterwarnings("ignore", message="skipped the model card")
+        rows = [_row(entry) for entry in list_models(task=args.task)]
     for card_file, reason in _broken_cards():
         print(f"napari-diffmed models: skipped {card_file}: {reason}", file=sys.stderr)
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..outputs import OutputSet, file_prefix
 from ..sampling import SCHEDULER_NAMES
 from ..synthesis import DEFAULTS, MAX_SAMPLES
 from .common import add_common, on_server, printer, write_sidecar
@@ -29,7 +30,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--sweep", type=_scales, default=None, metavar="W1,W2,...",
                         help="guidance sweep: the same seed at each of these scales (one file per scale)")
     parser.add_argument("--eta", type=float, default=DEFAULTS.eta, help="DDIM stochasticity, 0 to 1")
-    parser.add_argument("--prefix", default="synthesis", help="output file name prefix")
+    parser.add_argument("--prefix", default="synthesis", type=file_prefix, help="output file name prefix")
     parser.set_defaults(func=run)
 
 
@@ -73,9 +74,7 @@ def run(args: argparse.Namespace) -> int:
     tags = [f"_w{w:g}" for w in args.sweep] if args.sweep else [""]
     targets = _targets(args.out, args.prefix, args.n, card.spatial_dims, tags)
     sidecar = args.out / f"{args.prefix}.json"
-    existing = [p for p in [sidecar, *sum(targets, [])] if p.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace, or choose another --out/--prefix")
+    outputs = OutputSet(args.out, sum(targets, []), sidecar, args.overwrite)
     for w in args.sweep or [args.guidance]:
         check_settings(card, args.n, args.steps, args.scheduler, class_name, w, args.eta)
     loaded = load_image_model(args.model, args.device)  # after the checks: loading takes a while
@@ -92,12 +91,12 @@ def run(args: argparse.Namespace) -> int:
         results = guidance_sweep(loaded, scales=args.sweep, **common).results
     else:
         results = [synthesize(loaded, guidance=args.guidance, **common)]
-    args.out.mkdir(parents=True, exist_ok=True)
-    for paths, result in zip(targets, results):
-        _write(paths, result, args.overwrite)
-    record = {"files": [[p.name for p in paths] for paths in targets], "runs": [r.provenance for r in results],
-              "messages": []}
-    write_sidecar(sidecar, record, overwrite=args.overwrite)
+    with outputs.staging() as stage:
+        for paths, result in zip(targets, results):
+            _write([stage(p) for p in paths], result, args.overwrite)
+        record = {"files": [[p.name for p in paths] for paths in targets], "runs": [r.provenance for r in results],
+                  "messages": []}
+        write_sidecar(stage(sidecar), record, overwrite=args.overwrite)
     if not args.quiet:
         used = results[0].provenance
         print(f"used {used['scheduler']}, class {used['class_name']}, device {used['device']}; "

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..ensemble import DEFAULTS, RULES
+from ..outputs import OutputSet
 from ..sampling import SCHEDULER_NAMES
 from .common import add_common, file_runner, on_server, printer, write_sidecar
 
@@ -66,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
     stem = kwargs["name"]
     paths = {key: args.out / f"{stem}_{suffix}.nii.gz" for key, suffix in OUTPUTS.items()}
     sidecar = args.out / f"{stem}_segment.json"
-    existing = [str(p) for p in [*paths.values(), sidecar] if p.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{', '.join(existing)} exist; pass --overwrite to replace them")
+    outputs = OutputSet(args.out, paths.values(), sidecar, args.overwrite)
     loaded = segmentation_model(args.model, args.device)  # after every check of the input: loading takes a while
     log(f"segment: {args.scan} {scan.shape}, model {loaded.model_id} ({loaded.path}), members={args.members}, "
         f"steps={args.steps}, scheduler={args.scheduler}, seed={args.seed}, axis={args.axis}, "
@@ -78,22 +77,22 @@ def run(args: argparse.Namespace) -> int:
                               scheduler=args.scheduler, seed=args.seed, axis=args.axis, indices=indices,
                               device=args.device, chunk=args.chunk, callback=printer(args.quiet))
     labels = result.labels(args.rule, args.threshold)
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = kwargs["metadata"]
-    for key, path in paths.items():
-        data = labels if key == "labels" else getattr(result, key)
-        write_nifti(path, data, meta, labels=key == "labels", overwrite=args.overwrite)
-        log(f"  wrote {path}")
-    ranking = result.ranking()
-    record = {**result.provenance, "scan": str(args.scan), "rule": args.rule, "threshold": args.threshold,
-              "most_uncertain_slices": [int(i) for i in ranking[:10]],
-              "files": {key: str(path) for key, path in paths.items()}, "messages": []}
-    if reference is not None:
-        from ..evaluation.segmentation import segmentation_scores
+    with outputs.staging() as stage:
+        meta = kwargs["metadata"]
+        for key, path in paths.items():
+            data = labels if key == "labels" else getattr(result, key)
+            write_nifti(stage(path), data, meta, labels=key == "labels", overwrite=args.overwrite)
+            log(f"  wrote {path}")
+        ranking = result.ranking()
+        record = {**result.provenance, "scan": str(args.scan), "rule": args.rule, "threshold": args.threshold,
+                  "most_uncertain_slices": [int(i) for i in ranking[:10]],
+                  "files": {key: str(path) for key, path in paths.items()}, "messages": []}
+        if reference is not None:
+            from ..evaluation.segmentation import segmentation_scores
 
-        record["scores"] = segmentation_scores(result, reference, spacing, args.rule, args.threshold)
-        log("  " + ", ".join(f"{key} {value:.3f}" for key, value in record["scores"].items()))
-    write_sidecar(sidecar, record, overwrite=args.overwrite)
+            record["scores"] = segmentation_scores(result, reference, spacing, args.rule, args.threshold)
+            log("  " + ", ".join(f"{key} {value:.3f}" for key, value in record["scores"].items()))
+        write_sidecar(stage(sidecar), record, overwrite=args.overwrite)
     log(f"  most uncertain slices along axis {args.axis}: {record['most_uncertain_slices']}")
     log(f"  wrote {sidecar} ({result.provenance['seconds']:.0f} s of model time)")
     return 0

@@ -55,7 +55,8 @@ def list_models(task: str | None = None, spatial_dims: int | None = None) -> lis
             try:
                 card = ModelCard.read(card_file)
             except (ModelCardError, OSError) as err:  # one bad user file must not hide every other model
-                warnings.warn(f"skipped the model card {card_file}: {err}", UserWarning, stacklevel=2)
+                where = "" if str(card_file) in str(err) else f" {card_file}"
+                warnings.warn(f"skipped the model card{where}: {err}", UserWarning, stacklevel=2)
                 continue
             if (task is None or card.task == task) and (spatial_dims is None or card.spatial_dims == spatial_dims):
                 first = entries.setdefault(card.name, ModelEntry(card.name, weights, card, source))

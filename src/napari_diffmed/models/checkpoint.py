@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..io import chmod_by_umask
 from .card import ModelCard, ModelCardError, sha256_file
+from .schema import NOISE_SCHEDULES, SCHEDULER_KEYS
 
 if TYPE_CHECKING:
     import torch
@@ -67,12 +68,10 @@ def build_scheduler(card: ModelCard, name: str | None = None, **overrides: Any):
         raise ValueError(f"scheduler {name!r} cannot sample model {card.name!r}, which was trained for {trained!r}")
     if name not in ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "RFlowScheduler"):
         raise ValueError(f"unknown scheduler {name!r}; choose DDPMScheduler, DDIMScheduler, PNDMScheduler or RFlowScheduler")
+    accepted = SCHEDULER_KEYS[name] | NOISE_SCHEDULES.get(kwargs.get("schedule", "linear_beta"), set())
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}  # e.g. a DDPM card's variance_type for DDIM
     if name == "PNDMScheduler":
-        kwargs.pop("clip_sample", None)
-        kwargs.pop("variance_type", None)
         kwargs.setdefault("skip_prk_steps", True)
-    if name == "DDIMScheduler":
-        kwargs.pop("variance_type", None)
     kwargs.update(overrides)
     return getattr(schedulers, name)(**kwargs)
 

@@ -25,13 +25,13 @@ SLICE_AXES = (None, "axial", "coronal", "sagittal")
 NORMALISATIONS = ("percentile",)
 NOISE_SCHEDULES = {"linear_beta": {"beta_start", "beta_end"}, "scaled_linear_beta": {"beta_start", "beta_end"},
                    "sigmoid_beta": {"beta_start", "beta_end", "sig_range"}, "cosine": {"s"}}
-_COMMON = {"name", "num_train_timesteps", "prediction_type", "steps_offset"}
+_COMMON = {"name", "num_train_timesteps", "prediction_type"}
 _DIFFUSION = {"schedule", "clip_sample", "clip_sample_min", "clip_sample_max"}
 SCHEDULER_KEYS = {  # MONAI 1.4+ keyword arguments (a test checks them against MONAI's signatures)
     "DDPMScheduler": _COMMON | _DIFFUSION | {"variance_type"},
-    "DDIMScheduler": _COMMON | _DIFFUSION | {"set_alpha_to_one"},
-    "PNDMScheduler": _COMMON | {"schedule", "skip_prk_steps", "set_alpha_to_one"},
-    "RFlowScheduler": _COMMON | {"use_discrete_timesteps", "sample_method", "loc", "scale",
+    "DDIMScheduler": _COMMON | _DIFFUSION | {"set_alpha_to_one", "steps_offset"},
+    "PNDMScheduler": _COMMON | {"schedule", "skip_prk_steps", "set_alpha_to_one", "steps_offset"},
+    "RFlowScheduler": _COMMON | {"use_discrete_timesteps", "sample_method", "loc", "scale", "steps_offset",
                                  "use_timestep_transform", "transform_scale", "base_img_size_numel", "spatial_dim"},
 }
 NETWORK_KEYS = {"spatial_dims", "in_channels", "out_channels", "num_res_blocks", "channels", "attention_levels",

@@ -15,6 +15,7 @@ removed after the record lands. So:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 STAGING = ".napari-diffmed-staging"
+NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}  # os.link on e.g. FAT or some shares
 
 
 class OutputSetComplete(FileExistsError):
@@ -54,6 +56,8 @@ class OutputSet:
     def __init__(self, out: str | os.PathLike, files: Iterable[str | os.PathLike], record: str | os.PathLike,
                  overwrite: bool = False):
         self.out, self.record, self.overwrite = Path(out), Path(record), overwrite
+        if self.out.exists() and not self.out.is_dir():
+            raise NotADirectoryError(f"the output folder {self.out} is a file; give a folder (--out)")
         self.files = [Path(f) for f in files if Path(f) != self.record]
         for path in [*self.files, self.record]:
             if path.parent != self.out:
@@ -102,8 +106,10 @@ class OutputSet:
                 except FileExistsError:
                     raise FileExistsError(f"{target} appeared while this run was writing; pass --overwrite "
                                           "to replace it") from None
-                except OSError:  # no hard links here
-                    os.replace(staged, target)
+                except OSError as err:
+                    if err.errno not in NO_LINKS:
+                        raise
+                    os.replace(staged, target)  # a file system without hard links
         self.marker.unlink()
 
 

@@ -66,7 +66,8 @@ def image_to_layer_data(img, name: str = "image", as_labels: bool | None = None)
     check_geometry(img, name)
     source = img
     if img.ndim == 2:  # nibabel cannot reorient 2D arrays with a 3D affine: add the singleton z axis
-        img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine)
+        flat = np.asanyarray(img.dataobj)[..., None]
+        img = nib.Nifti1Image(flat, img.affine, dtype=flat.dtype)
     canonical = nib.as_closest_canonical(img)
     data = np.asanyarray(canonical.dataobj)
     if img.ndim == 4:  # (x, y, z, t) -> (t, z, y, x)
@@ -170,8 +171,10 @@ def read_nifti(path: str | os.PathLike, as_labels: bool | None = None,
         raise ValueError(f"cannot read {path}: {err}") from None
     try:  # nibabel reads lazily: a truncated or corrupt file fails only here
         return image_to_layer_data(img, name=str(path), as_labels=as_labels)
-    except ValueError:
-        raise
+    except ValueError as err:  # named after the file, whoever raised it
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"cannot read {path}: {err}") from None
     except Exception as err:  # EOFError, zlib.error, OSError ...
         raise ValueError(f"cannot read {path}: the file is truncated or corrupt ({type(err).__name__}: {err})") from err
 

@@ -46,33 +46,65 @@ def check_declared(shape: Sequence[int], source: str | os.PathLike, limit: int |
 
 
 def check_nifti_header(path: str | os.PathLike, limit: int | None = None) -> None:
-    """Read a NIfTI-1/2 header (streamed from a ``.gz``) and refuse huge declared sizes and odd types."""
-    import nibabel as nib
-    import numpy as np
-
+    """Read a NIfTI-1/2 header (streamed from a ``.gz``) and refuse huge declared sizes, odd voxel types and
+    header extensions that overrun the voxels."""
     path = Path(path)
     try:
         with (gzip.open(path, "rb") if str(path).lower().endswith(".gz") else open(path, "rb")) as fh:
             raw = fh.read(540)
+            offset, end_of_header = _check_header(raw, path, limit)
+            if raw[end_of_header:end_of_header + 1] not in (b"", b"\0"):  # the extension flag
+                _check_extensions(fh, end_of_header + 4, offset, raw, path)
     except (OSError, EOFError, zlib.error) as err:
         raise ValueError(f"cannot read {path}: {err}") from None
+
+
+def _check_extensions(fh, start: int, end: int, raw: bytes, path: Path) -> None:
+    """Walk the header extensions between ``start`` and the voxels at ``end`` without reading their contents:
+    each must fit before the voxels (nibabel would otherwise allocate whatever size one declares)."""
+    order = "little" if int.from_bytes(raw[:4], "little") in (348, 540) else "big"
+    if end < start:  # nibabel would read extensions up to the end of the file, whatever sizes they declare
+        raise ValueError(f"{path}: the header flags extensions but puts the voxels at byte {end}, inside the header")
+    fh.seek(start)
+    pos = start
+    while end - pos >= 16:
+        head = fh.read(8)
+        esize = int.from_bytes(head[:4], order, signed=True) if len(head) == 8 else -1
+        if esize < 8 or pos + esize > end:
+            raise ValueError(f"{path}: the header extension at byte {pos} declares {esize} bytes, which do not fit "
+                             f"before the voxels at byte {end}")
+        pos += esize
+        fh.seek(pos)
+
+
+def _check_header(raw: bytes, path: Path, limit: int | None) -> tuple[int, int]:
+    """(voxel offset, header size) of a NIfTI header whose declared size and voxel type are acceptable."""
+    import nibabel as nib
+    import numpy as np
+
     header = None
     for klass, size in ((nib.Nifti1Header, 348), (nib.Nifti2Header, 540)):
         if len(raw) >= size and size in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big")):
             try:
                 header = klass(raw[:size], check=False)
-                shape, dtype, offset = header.get_data_shape(), header.get_data_dtype(), header.get_data_offset()
+                shape, offset = header.get_data_shape(), header.get_data_offset()
             except Exception as err:  # nibabel's HeaderDataError and friends for impossible fields
-                raise ValueError(f"cannot read {path}: its header is invalid ({err})") from None
+                raise ValueError(f"cannot read {path}: its header is invalid ({type(err).__name__}: {err})") from None
             break
     if header is None:
         raise ValueError(f"cannot read {path}: it does not start with a NIfTI-1 or NIfTI-2 header "
                          f"({len(raw)} bytes read)")
+    check_declared(shape, path, limit)
+    try:
+        dtype = header.get_data_dtype()
+    except Exception:  # an unknown type code
+        raise ValueError(f"cannot read {path}: its header gives an unknown voxel type code "
+                         f"{int(header['datatype'])}") from None
     if dtype.fields is not None or np.issubdtype(dtype, np.complexfloating):
         what = "complex-valued" if dtype.fields is None else "RGB/RGBA colour"
         raise ValueError(f"{path}: {what} voxels (NIfTI type {header.get_value_label('datatype')}) are not "
                          "supported; save one real channel (e.g. the magnitude, or grey values) as a NIfTI first")
-    check_declared(shape, path, limit)
     if offset > MAX_DATA_OFFSET:
         raise ValueError(f"{path}: the header puts the voxels at byte {offset:,} (vox_offset), beyond the "
                          f"{MAX_DATA_OFFSET:,} bytes of header extensions allowed")
+    return offset, size

@@ -133,7 +133,7 @@ def check_network(net: Any) -> None:
                                           f"got {_short(attention)}")
     for i, a in enumerate(attention):
         flag(f"network.attention_levels[{i}]", a)
-    blocks = net.get("num_res_blocks", 2)
+    blocks = net.get("num_res_blocks", [2, 2, 2, 2])  # MONAI's default: one per level of its 4 levels
     if isinstance(blocks, list):
         whole_list("network.num_res_blocks", blocks, 1, 16, levels)
     else:
@@ -226,7 +226,7 @@ def network_bytes(net: dict[str, Any], image_size: list[int]) -> tuple[int, int]
     """
     dims = len(image_size)
     channels = [int(c) for c in net["channels"]]
-    blocks = net.get("num_res_blocks", 2)
+    blocks = net.get("num_res_blocks", [2, 2, 2, 2])
     blocks = list(blocks) if isinstance(blocks, list) else [blocks] * len(channels)
     heads = net.get("num_head_channels", 8)
     heads = list(heads) if isinstance(heads, list) else [heads] * len(channels)

@@ -151,3 +151,17 @@ def test_reading_never_hands_out_a_memory_map(tmp_path, labels):
     with open(path, "r+b") as fh:  # the file is truncated under the open scan: no SIGBUS, same values
         fh.truncate(400)
     assert float(data.sum()) == float(values.sum()) == float(in_memory.sum())
+
+
+def test_a_header_extension_larger_than_the_file_is_refused_unread(tmp_path):
+    path = tmp_path / "extension.nii"
+    header = bytearray(_header((4, 4, 4), vox_offset=368))
+    header[348] = 1  # extensions follow
+    extension = (2**30).to_bytes(4, "little") + (0).to_bytes(4, "little") + b"\0" * 8  # declares 1 GiB
+    path.write_bytes(bytes(header) + extension + b"\0" * 4 * 64)
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=r"extension.nii: the header extension at byte 352 declares 1073741824 bytes"):
+        read_nifti(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * 2**20

@@ -165,3 +165,19 @@ def test_a_header_extension_larger_than_the_file_is_refused_unread(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 16 * 2**20
+
+
+def test_a_dicom_series_larger_than_the_limit_is_refused_before_decoding(monkeypatch):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    from napari_diffmed.io import read_scan
+
+    path = get_testdata_file("MR_small.dcm")
+    assert pydicom.dcmread(path).Rows * pydicom.dcmread(path).Columns == 4096
+    monkeypatch.setenv("NAPARI_DIFFMED_MAX_VOXELS", "4000")
+    with pytest.raises(ValueError, match=r"MR_small.dcm: the header declares an array of shape \(1, 64, 64\) "
+                                         r"\(4,096 voxels\), more than the limit of 4,000 voxels"):
+        read_scan(path)
+    monkeypatch.setenv("NAPARI_DIFFMED_MAX_VOXELS", "4096")
+    assert read_scan(path)[0].shape == (64, 64)

@@ -245,6 +245,9 @@ def to_nifti(path: str | os.PathLike | list, series: str | None = None):
     if len(shapes) > 1:
         raise ValueError(f"{path}: the images differ in size {sorted(shapes)}; not one volume")
     frames, lps = _sorted_geometry(frames, str(path))
+    from .limits import check_declared
+
+    check_declared((len(frames), *next(iter(shapes))), path)  # before any pixel is decoded
     pixels = {file: _pixels(ds, file) for file, ds in datasets}
     slices = [pixels[f["file"]][f["index"]] for f in frames]
     plain = all(f["slope"] == 1 and f["intercept"] == 0 for f in frames)

@@ -29,11 +29,11 @@ def inputs(folder: Path) -> tuple[Path, Path]:
     from napari_diffmed.training.templates import load_mni152
 
     template = load_mni152(2)
-    scan = write_nifti(folder / "mni152_2mm.nii.gz", template.t1, scale=template.spacing)
+    scan = write_nifti(folder / "mni152_2mm.nii.gz", template.t1, scale=template.spacing, overwrite=True)
     mask = np.zeros(template.t1.shape, np.uint8)
     z, y, x = (s // 2 for s in template.t1.shape)
     mask[44:48, y - 6:y + 6, x + 8:x + 18] = 1
-    return scan, write_nifti(folder / "mask.nii.gz", mask, labels=True, scale=template.spacing)
+    return scan, write_nifti(folder / "mask.nii.gz", mask, labels=True, scale=template.spacing, overwrite=True)
 
 
 def commands(scan: Path, mask: Path, out: Path) -> dict[str, list[str]]:

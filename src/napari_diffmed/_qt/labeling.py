@@ -23,6 +23,7 @@ from qtpy.QtCore import QTimer
 from ..device import DEVICE_CHOICES
 from ..ensemble import DEFAULTS, MAX_MEMBERS
 from ..models import default_model, list_models
+from .dock import short_tab_title
 
 AUTOSAVE_MS = 5000
 POLL_MS = 150
@@ -61,6 +62,7 @@ class LabelingWidget(Container):
                                                                                  self.cancel_button),
             self.progress, self.status,
         ])
+        short_tab_title(self, "Label")
         self.session = None
         self.runner = None
         self.current: str | None = None

@@ -167,3 +167,32 @@ def test_fine_tune_on_accepted_cases_writes_a_model_and_switches(session):
     assert card.metrics["labeling"]["dice_before"] == round(out["dice_before"], 4)
     assert card.training["cases"] == ["sub0"] and card.training["init"]["model_id"].startswith("tiny_seg@")
     assert session.settings.model == str(out["weights"]) and session.models[-1]["model"] == str(out["weights"])
+
+
+def test_a_dicom_series_folder_is_a_case_and_its_labels_land_in_its_space(tmp_path, tiny_seg_model):
+    sitk = pytest.importorskip("SimpleITK")
+    from napari_diffmed.io import read_nifti, read_scan, write_nifti
+    from napari_diffmed.sample_data import make_phantom
+
+    p = make_phantom(shape=(4, 24, 24), spacing=(3.0, 2.0, 2.0), seed=0)
+    scans = tmp_path / "scans"
+    write_nifti(scans / "sub0.nii.gz", p.image, scale=p.spacing, translate=p.translate)
+    source = write_nifti(tmp_path / "series.nii.gz", p.image, scale=p.spacing, translate=p.translate)
+    img, writer = sitk.Cast(sitk.ReadImage(str(source)), sitk.sitkInt16), sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.KeepOriginalImageUIDOn()
+    (scans / "patient1" / "t1").mkdir(parents=True)
+    for k in range(img.GetDepth()):  # one file per slice, as a scanner writes a series
+        piece = img[:, :, k:k + 1]
+        for tag, value in (("0020|000e", "1.2.3.4"), ("0020|000d", "1.2.3"), ("0008|0060", "MR"),
+                           ("0008|0018", f"1.2.3.4.{k + 1}")):
+            piece.SetMetaData(tag, value)
+        writer.SetFileName(str(scans / "patient1" / "t1" / f"IM{k:04d}"))
+        writer.Execute(piece)
+    with Session(scans, tmp_path / "out", model=str(tiny_seg_model), **FAST) as session:
+        assert [c.id for c in session.cases] == ["sub0", "patient1__t1"]
+        session.propose("patient1__t1")
+        path = session.accept("patient1__t1")
+        labels, _, kind = read_nifti(path)
+        scan = read_scan(scans / "patient1" / "t1")[0]
+        assert kind == "labels" and labels.shape == scan.shape == session.load("patient1__t1").scan.shape

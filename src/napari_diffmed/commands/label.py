@@ -20,7 +20,7 @@ def add_parser(subparsers) -> None:
                     "Edit labels in napari (Plugins > napari-diffmed > Label) or save files as "
                     "OUT/cases/ID/edits.nii.gz. Settings given are stored in the session.",
     )
-    p.add_argument("scans", type=Path, help="folder of NIfTI scans")
+    p.add_argument("scans", type=Path, help="folder of scans: NIfTI files and DICOM series folders")
     p.add_argument("--out", required=True, type=Path, help="the session's folder (created; holds all its files)")
     p.add_argument("--model", default=None, help="segmentation model name or path (default: stored, or shipped)")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)

@@ -54,24 +54,37 @@ class CaseData:
 
 
 def list_scans(folder: Path, exclude: Path | None = None) -> dict[str, str]:
-    """``{case id: relative path}`` of the NIfTI scans under ``folder`` (masks and hidden files left out)."""
+    """``{case id: relative path}`` of the scans under ``folder``: NIfTI files (masks and hidden files left
+    out) and folders holding a DICOM series (the folder is the case)."""
+    from ..dicom import looks_like_dicom
     from ..training.folders import nifti_stem
 
     found: dict[str, str] = {}
+    series: set[Path] = set()
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if (not path.is_file() or any(p.startswith(".") for p in rel.parts)
-                or not path.name.lower().endswith((".nii", ".nii.gz"))
-                or nifti_stem(path).lower().endswith(MASK_SUFFIXES)
                 or (exclude is not None and exclude in path.resolve().parents)):
             continue
-        case_id = "__".join(rel.parts[:-1] + (nifti_stem(path),))
-        if case_id in found:
-            raise ValueError(f"{found[case_id]} and {rel} would both be case {case_id!r}; rename one")
-        found[case_id] = rel.as_posix()
+        if not path.name.lower().endswith((".nii", ".nii.gz")):
+            if path.parent not in series and looks_like_dicom(path):
+                series.add(path.parent)
+            continue
+        if nifti_stem(path).lower().endswith(MASK_SUFFIXES):
+            continue
+        _add(found, "__".join(rel.parts[:-1] + (nifti_stem(path),)), rel)
+    for path in sorted(series):
+        rel = path.relative_to(folder)
+        _add(found, "__".join(rel.parts) or folder.name, rel)
     if not found:
-        raise ValueError(f"no NIfTI scans (.nii, .nii.gz) in {folder}")
+        raise ValueError(f"no scans (NIfTI files .nii, .nii.gz or DICOM series folders) in {folder}")
     return found
+
+
+def _add(found: dict[str, str], case_id: str, rel: Path) -> None:
+    if case_id in found:
+        raise ValueError(f"{found[case_id]} and {rel} would both be case {case_id!r}; rename one")
+    found[case_id] = rel.as_posix()
 
 
 def check_settings(s: LabelSettings) -> None:

@@ -45,13 +45,18 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
 
 
 def write_training_folder(session, cases: list[str], folder: Path) -> Path:
-    """Scans and accepted labels of ``cases``, cut to their proposed slices (axial runs), as NIfTI."""
+    """Scans (NIfTI, or DICOM series as NIfTI) and accepted labels of ``cases``, cut to their proposed slices
+    (axial runs), as NIfTI."""
     import nibabel as nib
+
+    from ..dicom import to_nifti
+    from ..io import is_nifti
 
     folder.mkdir(parents=True, exist_ok=True)
     for case_id in cases:
         case = session.case(case_id)
-        scan = nib.as_closest_canonical(nib.load(str(session.scans_dir / case.scan)))
+        source = session.scans_dir / case.scan
+        scan = nib.as_closest_canonical(nib.load(str(source)) if is_nifti(source) else to_nifti(source)[0])
         mask = nib.as_closest_canonical(nib.load(str(session.out_dir / "accepted" / f"{case_id}_labels.nii.gz")))
         for k, (a, b) in enumerate(_runs(case.slices)):  # napari axis 0 is the canonical array's last axis
             for img, suffix in ((scan, ""), (mask, "_mask")):

@@ -130,9 +130,9 @@ class Session:
         return scan, kwargs["metadata"]
 
     def _read(self, case_id: str) -> tuple[np.ndarray, dict]:
-        from ..io import read_nifti
+        from ..io import read_scan
 
-        scan, kwargs, _ = read_nifti(self.scans_dir / self.case(case_id).scan, as_labels=False)
+        scan, kwargs, _ = read_scan(self.scans_dir / self.case(case_id).scan, as_labels=False)
         return scan, kwargs
 
     def load(self, case_id: str) -> CaseData:

@@ -73,6 +73,20 @@ def test_restart_mid_case_keeps_every_edit(scans, tmp_path, tiny_seg_model):
         again.close()
 
 
+def test_a_copied_session_opens_on_its_scans_elsewhere_and_not_on_other_scans(session, scans, tmp_path):
+    import shutil
+
+    session.propose("sub0")
+    session.close()
+    shutil.copytree(session.out_dir, tmp_path / "moved" / "out")
+    shutil.copytree(scans, tmp_path / "other", ignore=shutil.ignore_patterns("sub2*"))
+    with pytest.raises(ValueError, match="whose scans are not all in"):
+        Session(tmp_path / "other", tmp_path / "moved" / "out")
+    shutil.copytree(scans, tmp_path / "moved" / "scans")
+    with Session(tmp_path / "moved" / "scans", tmp_path / "moved" / "out") as moved:
+        assert moved.case("sub0").state == "proposed" and moved.load("sub0").proposal is not None
+
+
 def test_a_second_session_on_the_same_folder_is_refused(session, scans):
     with pytest.raises(SessionLocked, match="in use by another labeling session"):
         Session(scans, session.out_dir)

@@ -60,8 +60,11 @@ class Session:
 
     def _open(self, settings: dict) -> None:
         record = read_json(self.state_file) if self.state_file.exists() else {}
-        if record and Path(record["scans_dir"]).resolve() != self.scans_dir:
-            raise ValueError(f"{self.out_dir} belongs to a session on {record['scans_dir']}, not {self.scans_dir}")
+        stored = [v["scan"] for v in record.get("cases", {}).values()]
+        if record and Path(record["scans_dir"]).resolve() != self.scans_dir and not all(
+                (self.scans_dir / rel).exists() for rel in stored):  # a copied session may find its scans elsewhere
+            raise ValueError(f"{self.out_dir} belongs to a session on {record['scans_dir']}, whose scans are not all "
+                             f"in {self.scans_dir}")
         self.settings = replace(LabelSettings(**record.get("settings", {})), **settings)
         check_settings(self.settings)
         self.models: list[dict] = record.get("models", [])

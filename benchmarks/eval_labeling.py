@@ -8,8 +8,8 @@ The annotator, on each case, corrects the ``k`` most uncertain slices to the ref
 
 1. Order: pooled Dice over all cases (each case: its proposal, with the slices corrected so far set to
    the reference) against the number of corrected slices, uncertainty-first (cases by score, slices by
-   the ensemble's ranking) against no guidance (cases and slices in random order, 50 draws averaged)
-   and against the folder's order with each case's top slices first.
+   the ensemble's ranking, or by their summed mutual information) against no guidance (cases and
+   slices in random order, 50 draws averaged) and against the folder's order, top slices first.
 2. Resampling around corrections: on each of the ``k`` most uncertain slices the annotator paints one
    square (``--box`` voxels) around the most uncertain spot to the reference; Dice of the voxels left
    uncorrected on those slices, the proposal with the corrections pasted against Propose again.
@@ -36,6 +36,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).parent))
 from eval_segmentation import slabs  # noqa: E402
 
+from napari_diffmed.ensemble import slice_ranking  # noqa: E402
 from napari_diffmed.evaluation.segmentation import dice  # noqa: E402
 from napari_diffmed.io import read_nifti, write_nifti  # noqa: E402
 from napari_diffmed.labeling import Background, FinetuneSettings, Session, iter_finetune  # noqa: E402
@@ -79,6 +80,18 @@ def order_curve(session: Session, refs: dict, k: int, cases: list[str], pick) ->
             labels[c][i] = refs[c][i] > 0
             curve.append(dice(np.concatenate([labels[x].ravel() for x in refs]), ref_all))
     return np.array(curve)
+
+
+def slice_agreement(session: Session, refs: dict, key: str) -> float:
+    """Mean over cases of the Spearman correlation between a slice's errors and its summed ``key`` map."""
+    from scipy.stats import spearmanr
+
+    rhos = []
+    for c in refs:
+        data, slices = session.load(c), session.case(c).slices
+        errors = [int(((data.labels[i] > 0) != (refs[c][i] > 0)).sum()) for i in slices]
+        rhos.append(spearmanr(errors, [float(data.maps[key][i].sum()) for i in slices])[0])
+    return float(np.nanmean(rhos))
 
 
 def boxes(session: Session, case: str, ref: np.ndarray, k: int, box: int) -> np.ndarray:
@@ -133,12 +146,15 @@ def main(argv=None) -> int:
         slices = {c: session.case(c).slices for c in refs}
         blind = [order_curve(session, refs, args.k, list(rng.permutation(list(refs))),
                              lambda c: rng.permutation(slices[c])[:args.k]) for _ in range(50)]
+        mi = {c: session.load(c).maps["mutual_information"] for c in refs}
         curves = {"uncertainty-first": order_curve(session, refs, args.k, session.order(),
                                                    lambda c: session.case(c).ranking[:args.k]),
+                  "uncertainty-first, slices by MI": order_curve(session, refs, args.k, session.order(),
+                                                                 lambda c: slice_ranking(mi[c])[:args.k]),
                   "random order (mean of 50)": np.mean(blind, axis=0),
                   "folder order, top slices first": order_curve(session, refs, args.k, list(refs),
                                                                 lambda c: slices[c][::-1][:args.k])}
-        print("\ncorrected slices | " + " | ".join(curves) + "\n---|---|---|---")
+        print("\ncorrected slices | " + " | ".join(curves) + "\n---" + "|---" * len(curves))
         for n in range(len(curves["uncertainty-first"])):
             print(f"{n} | " + " | ".join(f"{curves[c][n]:.3f}" for c in curves))
         lo, hi = curves["uncertainty-first"][0], max(max(c) for c in curves.values())
@@ -146,6 +162,10 @@ def main(argv=None) -> int:
             target = lo + frac * (hi - lo)
             need = {c: next((n for n, d in enumerate(v) if d >= target), None) for c, v in curves.items()}
             print(f"slices to reach pooled Dice {target:.3f}: " + ", ".join(f"{c} {n}" for c, n in need.items()))
+
+        print("within a case, Spearman correlation of a slice's errors with its summed uncertainty (mean of cases): "
+              + ", ".join(f"{key} {slice_agreement(session, refs, key):+.2f}" for key in ("entropy",
+                                                                                       "mutual_information")))
 
         print("\n| case | painted voxels | rest of those slices: pasted | Propose again | uncertainty before -> "
               "after | seconds |\n|---|---|---|---|---|---|")

@@ -59,3 +59,22 @@ def make_generator(seed: int | None, device: "torch.device") -> "torch.Generator
     gen = torch.Generator(device=gen_device)
     gen.manual_seed(resolve_seed(seed))
     return gen
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads and return the number: ``threads``, else ``$OMP_NUM_THREADS`` when
+    set (the user's choice), else every core this process may use (a lone run; measured in
+    docs/performance.md). Processes that share the cores (Dask workers) pass their own share."""
+    import os
+
+    import torch
+
+    if threads is None:
+        env = os.environ.get("OMP_NUM_THREADS", "")
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = int(env) if env.isdigit() and int(env) > 0 else usable
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads

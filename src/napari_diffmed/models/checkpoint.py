@@ -22,13 +22,15 @@ class LoadedModel:
 
     ``network`` predicts epsilon, whatever the card's ``prediction_type`` (see
     :mod:`.prediction`); ``trained`` is the network as trained (the same object for
-    epsilon models), for losses in the card's own terms.
+    epsilon models), for losses in the card's own terms; ``fast``: the inference fast path's switches
+    and checks (:func:`napari_diffmed.fastpath.accelerate`), None for the plain network.
     """
 
     network: "torch.nn.Module"
     card: ModelCard
     path: Path
     trained: "torch.nn.Module | None" = None
+    fast: "dict | None" = None
 
     def __post_init__(self) -> None:
         if self.trained is None:
@@ -43,12 +45,12 @@ def card_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
-def build_network(card: ModelCard) -> "torch.nn.Module":
-    """Instantiate MONAI's ``DiffusionModelUNet`` from the card's kwargs."""
+def build_network(card: ModelCard, **overrides: Any) -> "torch.nn.Module":
+    """Instantiate MONAI's ``DiffusionModelUNet`` from the card's kwargs (``overrides``: e.g. use_flash_attention)."""
     from monai.networks.nets import DiffusionModelUNet
 
     try:
-        return DiffusionModelUNet(**card.network)
+        return DiffusionModelUNet(**{**card.network, **overrides})
     except (TypeError, ValueError, AssertionError) as err:
         raise ModelCardError(f"network kwargs of {card.name!r} are not valid for DiffusionModelUNet: {err}") from None
 

@@ -12,6 +12,7 @@ from .card import ModelCard, ModelCardError, sha256_file
 from .checkpoint import LoadedModel, card_path, load_model
 
 ENV_VAR = "NAPARI_DIFFMED_MODELS"
+FAST_ENV = "NAPARI_DIFFMED_FAST"  # the inference fast path's switches: see napari_diffmed.fastpath
 SHIPPED_DIR = Path(__file__).parent / "weights"
 DEFAULTS = {
     ("image", 2): "mni_t1_axial_64",
@@ -92,8 +93,10 @@ def default_model(task: str, spatial_dims: int = 2, purpose: str | None = None) 
 
 
 @lru_cache(maxsize=8)
-def _cached(path: str, content: tuple[str, str], device: str) -> LoadedModel:
-    return load_model(path, device=device)
+def _cached(path: str, content: tuple[str, str], device: str, fast: str) -> LoadedModel:
+    from ..fastpath import accelerate, options_for
+
+    return accelerate(load_model(path, device=device), options_for(device, fast))
 
 
 def _content(weights: Path) -> tuple[str, str]:
@@ -120,7 +123,7 @@ def get_model(model: str | os.PathLike, device: str = "cpu", task: str | None = 
               purpose: str = "this task") -> LoadedModel:
     """Load (once per content of weights and card, and device) and check the model suits ``task``."""
     path = resolve(model)
-    loaded = _cached(str(path), _content(path), str(device))
+    loaded = _cached(str(path), _content(path), str(device), os.environ.get(FAST_ENV, "auto"))
     if task is not None and loaded.card.task != task:
         raise ValueError(
             f"model {loaded.card.name!r} is a {loaded.card.task} model; {purpose} needs {_a(task)} model "

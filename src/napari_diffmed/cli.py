@@ -46,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_, **__: print(f"{where}: warning: {message}", file=sys.stderr)
         try:
+            if args.command != "models":  # torch threads: $OMP_NUM_THREADS, else the cores not already busy
+                from .device import configure_threads
+
+                configure_threads()
             return int(args.func(args) or 0)
         except KeyboardInterrupt:
             print(f"{where}: cancelled", file=sys.stderr)

@@ -128,6 +128,7 @@ def run_one(path: str, out_dir: str, target: str, settings: dict[str, Any]) -> F
     except (ImportError, ValueError):
         worker = ""
     try:
+        _one_thread_per_task()
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         outputs = tuple(Path(p) for p in _load(target)(Path(path), Path(out_dir), **settings))
         return FileResult(Path(path), outputs, seconds=time.perf_counter() - start, worker=worker)
@@ -136,6 +137,17 @@ def run_one(path: str, out_dir: str, target: str, settings: dict[str, Any]) -> F
             Path(path), error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(),
             seconds=time.perf_counter() - start, worker=worker,
         )
+
+
+def _one_thread_per_task() -> None:
+    """In a worker process, one torch thread: each of the worker's threads runs one task, and the
+    worker processes share the cores (Dask sets OMP_NUM_THREADS=1 there for the same reason)."""
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:  # not a worker thread inside the caller's process
+        from .device import configure_threads
+
+        configure_threads(1)
 
 
 @contextmanager

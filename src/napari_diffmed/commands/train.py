@@ -67,6 +67,9 @@ def add_parser(subparsers) -> None:
 
 
 def _log(quiet: bool):
+    from ..training.ddp import is_main
+
+    quiet = quiet or not is_main()  # under torchrun rank 0 alone reports
     return (lambda message: None) if quiet else (lambda message: print(message, flush=True))
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 from ..models.card import ModelCard
 from .datasets import check_band
+from .ddp import is_main
 from .folders import LabelledBatches, held_out_subjects, load_folder, scan_folder
 from .loop import TrainConfig, TrainState, _state_paths, train
 from .recipes import SCHEDULER
@@ -154,6 +155,8 @@ def train_on_folder(
     log(f"training {name} ({task}, {dims}D {list(image_size)} at {list(spacing)} mm) on {card.training['train_items']} "
         f"{unit}, {card.training['held_out_items']} held out; {config.steps} steps of batch {config.batch_size}")
     state = train(card, batches, val, config, weights, resume=resume, log=log, init=init)
+    if not is_main():  # under torchrun rank 0 alone writes the card
+        return TrainResult(weights, card, state)
     card = _record_metrics(weights, state)
     log(f"wrote {weights} and {weights.with_suffix('.json').name} (step {state.step}, "
         f"loss {card.metrics['train_loss']:.4f}" + (f", held-out loss {card.metrics['held_out_loss']:.4f})"

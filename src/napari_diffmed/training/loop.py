@@ -1,4 +1,5 @@
-"""The training loop: noise, x0 or v prediction (the card's) with MONAI schedulers, AdamW, EMA, resume, validation."""
+"""The training loop: noise, x0 or v prediction (the card's) with MONAI schedulers, AdamW, EMA, resume, validation;
+on several processes under torchrun with DistributedDataParallel (:mod:`.ddp`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from ..models.card import ModelCard
 from ..models.checkpoint import build_network, build_scheduler, save_model
+from .ddp import Ranks, RankShard, mean_over_ranks, rows
 
 
 @dataclass
@@ -97,16 +99,20 @@ def load_resume(out: Path, net, ema, opt) -> tuple[TrainState, dict]:
     return TrainState(**meta["state"]), meta["data_rng"]
 
 
-def diffusion_loss(net, scheduler, x0, cond, labels, generator=None, prediction_type: str = "epsilon"):
+def diffusion_loss(net, scheduler, x0, cond, labels, generator=None, prediction_type: str = "epsilon",
+                   ranks: Ranks = Ranks()):
     """MSE to the ``prediction_type`` target (noise, x0 or v) at uniformly drawn timesteps (image
-    channels concatenated when ``cond``)."""
+    channels concatenated when ``cond``). With several ``ranks`` the noise and timesteps are drawn
+    for the global batch and ``x0`` holds this rank's rows of it."""
     import torch
     import torch.nn.functional as F
 
     from ..models.prediction import training_target
 
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-    t = torch.randint(0, scheduler.num_train_timesteps, (x0.shape[0],), device=x0.device, generator=generator)
+    n, world = x0.shape[0], ranks.world
+    noise = rows(torch.randn((world * n, *x0.shape[1:]), generator=generator, device=x0.device), ranks)
+    t = rows(torch.randint(0, scheduler.num_train_timesteps, (world * n,), device=x0.device, generator=generator),
+             ranks)
     noisy = scheduler.add_noise(original_samples=x0, noise=noise, timesteps=t)
     inp = noisy if cond is None else torch.cat([noisy, cond], dim=1)
     pred = net(inp, timesteps=t, class_labels=labels)
@@ -122,15 +128,22 @@ def train(
     """Train ``card``'s network on ``batches``; write EMA weights + card to ``out`` at every checkpoint.
 
     ``init`` (a model's ``.safetensors``) starts the network and its EMA from that model's weights
-    (fine-tuning) with a fresh optimiser; a resume state, when resuming, takes precedence.
+    (fine-tuning) with a fresh optimiser; a resume state, when resuming, takes precedence. Under
+    torchrun every process trains its rows of each global batch of ``batches`` (see :mod:`.ddp`).
     ``on_step(state)`` is called after every step (live loss); an exception raised there stops the run.
     """
     import torch
 
     from ..device import select_device
+    from . import ddp
 
     out = Path(out).with_suffix(".safetensors")
     device = select_device(config.device)
+    ranks = Ranks.from_env()
+    if ranks.world > 1:
+        device = ddp.start(ranks, device)
+        batches = RankShard(batches, ranks, config.batch_size)
+        log = log if ranks.main else (lambda message: None)
     torch.manual_seed(config.seed)
     net = build_network(card).to(device)
     ema = build_network(card).to(device)
@@ -147,6 +160,10 @@ def train(
     elif init is not None:
         card.training = {**card.training, "init": warm_start(net, ema, card, init)}
         log(f"starting from the weights of {card.training['init']['model_id']}")
+    model = net
+    if ranks.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda"
+                                                          else None)
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     segmentation = card.task == "segmentation"
@@ -163,11 +180,11 @@ def train(
             labels = None
             if card.conditional:
                 labels = extra.to(device).clone()
-                drop = torch.rand(labels.shape, device=device) < config.cond_dropout
+                drop = rows(torch.rand((ranks.world * len(labels),), device=device), ranks) < config.cond_dropout
                 labels[drop] = null
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = diffusion_loss(net, scheduler, x, cond, labels,
-                                      prediction_type=card.prediction_type) / config.grad_accum
+                loss = diffusion_loss(model, scheduler, x, cond, labels, prediction_type=card.prediction_type,
+                                      ranks=ranks) / config.grad_accum
             scaler.scale(loss).backward()
             total += float(loss.detach())
         lr = config.lr * min(1.0, (state.step + 1) / config.warmup)
@@ -183,12 +200,14 @@ def train(
             for pe, p in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(p, 1 - decay)
         state.step += 1
-        state.losses.append(total)
+        state.losses.append(mean_over_ranks(total, ranks))
         if on_step is not None:
             on_step(state)
         if state.step % 25 == 0:
             rate = (state.step - start) / max(1e-6, time.time() - tic)
             log(f"step {state.step}/{config.steps} loss {np.mean(state.losses[-25:]):.4f} ({rate:.2f} steps/s)")
+        if not ranks.main:
+            continue
         if val_batch is not None and (state.step % config.val_every == 0 or state.step == config.steps):
             state.val.append({"step": state.step, "loss": validation_loss(ema, scheduler, card, val_batch, device)})
             log(f"step {state.step} held-out loss {state.val[-1]['loss']:.4f}")
@@ -199,6 +218,8 @@ def train(
             save_model(ema, card, out, overwrite=True)
             save_resume(out, net, ema, opt, state, config,
                         batches.rng.bit_generator.state if hasattr(batches, "rng") else {})
+    if ranks.world > 1:
+        ddp.stop()
     return state
 
 

@@ -118,28 +118,27 @@ def _wrap(network, options: FastOptions, device_type: str):
 
 
 def _twin(trained, card, options: FastOptions, device):
-    """A copy of ``trained`` with fused attention and/or channels_last (same weights), or None."""
+    """(a copy of ``trained`` with the exact switches that work here, same weights; those options)."""
     import torch
 
     from .models.checkpoint import build_network
 
-    net = trained
+    net = None
     if options.fused_attention:
         try:
             net = build_network(card, use_flash_attention=True)
         except Exception as err:  # an older MONAI without the switch
             warnings.warn(f"fused attention unavailable ({err}); using MONAI's own", RuntimeWarning, stacklevel=3)
-            return None
-        net.load_state_dict(trained.state_dict())
-        net.to(device).eval()
+            options = replace(options, fused_attention=False)
+    if net is None and options.channels_last:
+        net = build_network(card)
+    if net is None:
+        return trained, options
+    net.load_state_dict(trained.state_dict())
+    net.to(device).eval()
     if options.channels_last:
-        if net is trained:
-            net = build_network(card)
-            net.load_state_dict(trained.state_dict())
-            net.to(device).eval()
-        fmt = torch.channels_last if card.spatial_dims == 2 else torch.channels_last_3d
-        net = net.to(memory_format=fmt)
-    return net
+        net = net.to(memory_format=torch.channels_last if card.spatial_dims == 2 else torch.channels_last_3d)
+    return net, options
 
 
 def probe_inputs(card, device, n: int = 2):
@@ -183,9 +182,9 @@ def accelerate(loaded: "LoadedModel", options: FastOptions | None = None) -> "Lo
         options = replace(options, bf16=False)
     if not options.any:
         return loaded
-    twin = _twin(trained, card, options, device) if (options.fused_attention or options.channels_last) else trained
-    if twin is None:
-        twin, options = trained, replace(options, fused_attention=False, channels_last=False)
+    twin, options = _twin(trained, card, options, device)
+    if not options.any:
+        return loaded
     x, ts, labels = probe_inputs(card, device)
     info: dict[str, Any] = {}
     with torch.inference_mode():

@@ -10,6 +10,7 @@ each step (RePaint), and a custom ``schedule`` with jumps back up (RePaint).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Generator, Sequence
 
@@ -80,19 +81,25 @@ def alpha_bar(scheduler, t: int):
     return scheduler.alphas_cumprod[int(t)]
 
 
+def _roots(scheduler, t: int) -> tuple[float, float]:
+    """(sqrt(a), sqrt(1 - a)) at ``t`` as Python numbers: no device copy or 0-d tensor op per step."""
+    a = float(alpha_bar(scheduler, t))
+    return math.sqrt(a), math.sqrt(1.0 - a)
+
+
 def predict_x0(scheduler, sample, eps, t: int):
     """x0 estimate from an epsilon prediction: (x_t - sqrt(1 - a) eps) / sqrt(a)."""
-    a = alpha_bar(scheduler, t).to(sample.device, sample.dtype)
-    return (sample - (1 - a).sqrt() * eps) / a.sqrt()
+    root_a, root_1a = _roots(scheduler, t)
+    return sample.add(eps, alpha=-root_1a).div_(root_a)
 
 
 def renoise(scheduler, sample, t_from: int, t_to: int, generator=None):
     """Diffuse a sample forward from ``t_from`` to ``t_to`` > ``t_from``: q(x_to | x_from)."""
     import torch
 
-    ratio = (alpha_bar(scheduler, t_to) / alpha_bar(scheduler, t_from)).to(sample.device, sample.dtype)
+    ratio = float(alpha_bar(scheduler, t_to)) / float(alpha_bar(scheduler, t_from))
     noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-    return ratio.sqrt() * sample + (1 - ratio).sqrt() * noise
+    return noise.mul_(math.sqrt(1.0 - ratio)).add_(sample, alpha=math.sqrt(ratio))
 
 
 def clip_noise(scheduler, sample, eps, t: int, low: float = -1.0, high: float = 1.0):
@@ -102,9 +109,9 @@ def clip_noise(scheduler, sample, eps, t: int, low: float = -1.0, high: float = 
     with an imperfect network the two disagree at high noise and samples wash
     out. Feeding the scheduler this consistent epsilon fixes that.
     """
-    a = alpha_bar(scheduler, t).to(sample.device, sample.dtype)
-    x0 = predict_x0(scheduler, sample, eps, t).clamp(low, high)
-    return (sample - a.sqrt() * x0) / (1 - a).sqrt()
+    root_a, root_1a = _roots(scheduler, t)
+    x0 = sample.add(eps, alpha=-root_1a).div_(root_a).clamp_(low, high)  # one buffer, reused
+    return x0.mul_(-root_a).add_(sample).div_(root_1a)
 
 
 def predict_noise(network, sample, t: int, cond: Conditioning):

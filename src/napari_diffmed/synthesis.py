@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 INTENSITY_RANGE = (0.0, 1.0)
 MAX_SAMPLES = 256
 MAX_GUIDANCE = 20.0
+PREVIEW_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,9 @@ def iter_synthesize(
     class_name: str | int | None = DEFAULTS.class_name, guidance: float = DEFAULTS.guidance,
     device: str = DEFAULTS.device, eta: float = DEFAULTS.eta,
 ) -> Generator[Progress, None, SynthesisResult]:
-    """Yield :class:`Progress` after each step (``preview`` = current x0 estimate on [0, 1]); return the result.
+    """Yield :class:`Progress` after each step; return the result. ``preview`` is the current x0 estimate on
+    [0, 1] on the first and last steps and at most every :data:`PREVIEW_SECONDS` between (None otherwise:
+    each preview is a copy off the device).
 
     Bad settings raise ``ValueError`` before any network runs.
     """
@@ -165,7 +168,7 @@ def iter_synthesize(
     start = time.perf_counter()
     noise = torch.randn((int(n), card.in_channels, *card.image_size), generator=gen, device=gen.device).to(dev)
     loop = iter_denoise(loaded.network, sched, noise, cond=cond, generator=gen, eta=eta)
-    evaluations = 0
+    evaluations, next_preview = 0, 0.0
     while True:
         try:
             step = next(loop)
@@ -173,7 +176,9 @@ def iter_synthesize(
             final = stop.value
             break
         evaluations = step.total
-        yield Progress(step.index, step.total, _unit(step.x0), "denoising")
+        due = step.index in (1, step.total) or time.perf_counter() >= next_preview
+        next_preview = time.perf_counter() + PREVIEW_SECONDS if due else next_preview
+        yield Progress(step.index, step.total, _unit(step.x0) if due else None, "denoising")
     check_finite_result("samples", final, loaded.model_id)
     samples = _unit(final)
     seconds = round(time.perf_counter() - start, 3)

@@ -241,8 +241,8 @@ def known_region(scheduler, known, free, randn):
     from .sampling import alpha_bar
 
     def paste(x, t):
-        a = alpha_bar(scheduler, t).to(x.device, x.dtype)
-        noised = known if t < 0 else a.sqrt() * known + (1 - a).sqrt() * randn(x.shape)
+        a = float(alpha_bar(scheduler, t))  # a Python number: no copy to the device each step
+        noised = known if t < 0 else a ** 0.5 * known + (1 - a) ** 0.5 * randn(x.shape)
         return free * x + (1 - free) * noised
 
     return paste

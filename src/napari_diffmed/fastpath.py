@@ -83,7 +83,7 @@ def options_for(device: "str | torch.device", spec: str | None = None) -> FastOp
     return DEFAULTS.get(str(device).split(":")[0], PLAIN)
 
 
-def _wrap(network, options: FastOptions, device_type: str):
+def _wrap(network, options: FastOptions, device_type: str, spatial_dims: int):
     """``network`` behind a forward that applies the layout, autocast and compile switches."""
     import torch
 
@@ -93,7 +93,7 @@ def _wrap(network, options: FastOptions, device_type: str):
             self.network = network
             self.layout = None
             if options.channels_last:
-                self.layout = torch.channels_last if network.conv_in.conv.weight.ndim == 4 else torch.channels_last_3d
+                self.layout = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
             self.call = network
             if options.compile or options.graphs:
                 self.call = torch.compile(network, mode="reduce-overhead" if options.graphs else "default",
@@ -112,6 +112,8 @@ def _wrap(network, options: FastOptions, device_type: str):
                                   RuntimeWarning, stacklevel=2)
                     self.call = self.network
                     out = self.call(x, timesteps=timesteps, class_labels=class_labels)
+            if options.graphs:  # a CUDA graph's next replay overwrites its output
+                out = out.clone()
             return out.float().contiguous()
 
     return _Forward()
@@ -189,14 +191,14 @@ def accelerate(loaded: "LoadedModel", options: FastOptions | None = None) -> "Lo
     info: dict[str, Any] = {}
     with torch.inference_mode():
         plain = trained(x, timesteps=ts, class_labels=labels)
-        exact = _wrap(twin, replace(options, bf16=False, compile=False, graphs=False), device.type)
+        exact = _wrap(twin, replace(options, bf16=False, compile=False, graphs=False), device.type, card.spatial_dims)
         info["exact_difference"] = difference(plain, exact(x, timesteps=ts, class_labels=labels))
         tolerance = 1e-4 if device.type == "cpu" else 5e-3  # CUDA convolutions may run in TF32
         if not info["exact_difference"] <= tolerance:
             warnings.warn(f"the fast path moved {card.name}'s output by {info['exact_difference']:.2g} (relative); "
                           "using the plain network", RuntimeWarning, stacklevel=2)
             twin, options = trained, replace(options, fused_attention=False, channels_last=False)
-        fast = _wrap(twin, options, device.type)
+        fast = _wrap(twin, options, device.type, card.spatial_dims)
         if options.bf16 or options.compile or options.graphs:
             moved = difference(plain, fast(x, timesteps=ts, class_labels=labels))
             key = "bf16_difference" if options.bf16 else "compiled_difference"
@@ -205,7 +207,7 @@ def accelerate(loaded: "LoadedModel", options: FastOptions | None = None) -> "Lo
                 warnings.warn(f"{' and '.join(options.names()[-2:])} moved {card.name}'s output by {moved:.2g} "
                               "(relative); dropping bf16 and compilation", RuntimeWarning, stacklevel=2)
                 options = replace(options, bf16=False, compile=False, graphs=False)
-                fast = _wrap(twin, options, device.type)
+                fast = _wrap(twin, options, device.type, card.spatial_dims)
     if not options.any:
         return loaded
     info["switches"] = options.names()

@@ -24,7 +24,9 @@ Everything runs in one process, repetitions interleaved, medians reported, on th
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -40,8 +42,8 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def bare_forward(network, card, batch: int, repeats: int = 5) -> float:
-    """Median seconds of one forward at ``batch`` (after one warm-up)."""
+def bare_forward(network, card, batch: int, repeats: int = 5, clock=time.perf_counter) -> float:
+    """Median seconds of one forward at ``batch`` (after one warm-up), on ``clock``."""
     import torch
 
     dev = next(network.parameters()).device
@@ -51,10 +53,10 @@ def bare_forward(network, card, batch: int, repeats: int = 5) -> float:
     times = []
     with torch.inference_mode():
         for _ in range(repeats + 1):
-            start = time.perf_counter()
+            start = clock()
             network(x, timesteps=ts, class_labels=labels)
             _sync()
-            times.append(time.perf_counter() - start)
+            times.append(clock() - start)
     return statistics.median(times[1:])
 
 
@@ -152,61 +154,74 @@ def bookkeeping(card, steps: int, repeats: int, dev: str = "cpu") -> list[list]:
     return rows
 
 
-def _first_preview(gen) -> tuple[float, object]:
-    """Seconds to the first event carrying a preview; the generator is then driven to the end."""
-    start, first = time.perf_counter(), None
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return (first if first is not None else float("nan")), stop.value
-        if first is None and event.preview is not None:
-            first = time.perf_counter() - start
+def _first_preview(gen) -> float:
+    """Seconds from starting an ``iter_`` task to its first event carrying a preview (then stopped)."""
+    start = time.perf_counter()
+    for event in gen:
+        if event.preview is not None:
+            gen.close()
+            return time.perf_counter() - start
+    return float("nan")
 
 
-def tasks(image_model, seg_model, inpaint_model, scan, spacing, slices, repeats: int) -> list[list]:
-    """Each task at its defaults on ``slices``: seconds, calls, overhead ratio, first preview, peak memory."""
-    from napari_diffmed.anomaly import iter_anomaly_map
-    from napari_diffmed.ensemble import iter_segment_ensemble
-    from napari_diffmed.inpainting import iter_inpaint
-    from napari_diffmed.synthesis import iter_synthesize
+def tasks(image_model, seg_model, inpaint_model, scan, spacing, slices, repeats: int, dev: str) -> list[list]:
+    """Each task at its defaults on ``slices`` through its plain function (previews off where it allows):
+    seconds, calls, overhead ratio on the wall clock and on this process's CPU time (robust on a shared
+    machine; the bare forwards are timed right after each run), first preview, peak memory."""
+    from napari_diffmed.anomaly import anomaly_map, iter_anomaly_map
+    from napari_diffmed.ensemble import iter_segment_ensemble, segment_ensemble
+    from napari_diffmed.inpainting import inpaint, iter_inpaint
+    from napari_diffmed.synthesis import iter_synthesize, synthesize
 
     mask = np.zeros(scan.shape, bool)
     mask[slices, 40:52, 40:52] = True
+    n = len(slices)
     jobs = {
-        "synthesis (n 4 of 12, 50 steps, guidance 2, eta 1)":
-            (image_model, lambda: iter_synthesize(image_model, n=4, seed=0)),
-        f"ensemble ({len(slices)} of 12 slices x 8 members, 10 steps, chunk 16)":
-            (seg_model, lambda: iter_segment_ensemble(scan, spacing, seg_model, indices=slices)),
-        f"inpainting (fast, {len(slices)} slices x 3 proposals)":
-            (inpaint_model, lambda: iter_inpaint(scan, mask, spacing, inpaint_model)),
-        f"anomaly (ddim, depth 300, 50 steps, guidance 5, {len(slices)} slices)":
-            (inpaint_model, lambda: iter_anomaly_map(scan, spacing, indices=slices, model=inpaint_model,
-                                                     preview_interval=0.0)),
+        "synthesis (n 4 of 12, 50 steps, guidance 2, eta 1)": (
+            image_model, lambda: synthesize(image_model, n=4, seed=0),
+            lambda: iter_synthesize(image_model, n=4, seed=0)),
+        f"ensemble ({n} of 12 slices x 8 members, 10 steps, chunk 16)": (
+            seg_model, lambda: segment_ensemble(scan, spacing, seg_model, indices=slices),
+            lambda: iter_segment_ensemble(scan, spacing, seg_model, indices=slices)),
+        f"inpainting (fast: 35 calls, {n} of 12 slices x 3 proposals)": (
+            inpaint_model, lambda: inpaint(scan, mask, spacing, inpaint_model),
+            lambda: iter_inpaint(scan, mask, spacing, inpaint_model)),
+        f"anomaly (ddim, depth 300, 50 steps, guidance 5, {n} of 12 slices)": (
+            inpaint_model, lambda: anomaly_map(scan, spacing, indices=slices, model=inpaint_model),
+            lambda: iter_anomaly_map(scan, spacing, indices=slices, model=inpaint_model, preview_interval=0.0)),
     }
+    cpu_clock = time.process_time if dev == "cpu" else None
     rows = []
-    for name, (model, job) in jobs.items():
+    for name, (model, job, iterate) in jobs.items():
         calls: list[int] = []
         hook = model.network.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
-        seconds, previews = [], []
+        seconds, wall_ratios, cpu_ratios, previews, peaks = [], [], [], [], []
         try:
             for _ in range(repeats):
                 calls.clear()
                 with PeakMemory() as mem:
-                    start = time.perf_counter()
-                    first, _ = _first_preview(job())
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    job()
                     _sync()
-                    seconds.append(time.perf_counter() - start)
-                previews.append(first)
+                    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+                made = list(calls)
+                hook.remove()
+                bare = {b: bare_forward(model.network, model.card, b, 3) for b in set(made)}
+                seconds.append(wall)
+                wall_ratios.append(wall / sum(bare[b] for b in made))
+                if cpu_clock is not None:
+                    bare_cpu = {b: bare_forward(model.network, model.card, b, 3, cpu_clock) for b in set(made)}
+                    cpu_ratios.append(cpu / sum(bare_cpu[b] for b in made))
+                peaks.append((mem.peak, mem.cuda))
+                previews.append(_first_preview(iterate()))
+                hook = model.network.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
         finally:
             hook.remove()
-        bare = {b: bare_forward(model.network, model.card, b) for b in set(calls)}
-        network = sum(bare[b] for b in calls)
-        task = statistics.median(seconds)
-        batches = "/".join(str(b) for b in sorted(set(calls)))
-        rows.append([name, f"{task:.2f}", len(calls), batches, f"{network:.2f}", f"{task / network:.3f}",
-                     f"{statistics.median(previews):.2f}", f"{mem.peak:.0f}",
-                     "-" if mem.cuda is None else f"{mem.cuda:.0f}"])
+        rows.append([name, f"{statistics.median(seconds):.2f}", len(made),
+                     "/".join(str(b) for b in sorted(set(made))), f"{statistics.median(wall_ratios):.3f}",
+                     f"{statistics.median(cpu_ratios):.3f}" if cpu_ratios else "-",
+                     f"{statistics.median(previews):.2f}", f"{max(p for p, _ in peaks):.0f}",
+                     "-" if peaks[0][1] is None else f"{max(c for _, c in peaks):.0f}"])
         print(rows[-1], flush=True)
     return rows
 
@@ -241,7 +256,7 @@ def fast_path(plain_models, scan, spacing, repeats: int) -> tuple[list[list], li
                          f"{bf16.fast['bf16_difference']:.1e}"])
             print(rows[-1], flush=True)
     plain, fast, bf16 = variants[SEG]
-    runs = {k: (lambda m=m: segment_ensemble(scan, spacing, m, indices=[44, 45]))
+    runs = {k: (lambda m=m: segment_ensemble(scan, spacing, m, indices=[45]))
             for k, m in (("plain", plain), ("fast", fast), ("bf16", bf16))}
     times, out = interleaved(runs, repeats)
     ref = out["plain"].labels()
@@ -296,45 +311,50 @@ def main() -> None:
     slices = list(range(45 - args.slices // 2, 45 - args.slices // 2 + args.slices))
     where = machine()
     print(where, flush=True)
-    sections = [f"Measured with `python benchmarks/bench_loop.py{' --write' if args.write else ''}` on: {where}.",
-                f"Fast path (defaults on {dev}): {fast[SEG].fast and fast[SEG].fast['switches']}."]
+    kind = dev.split(":")[0]
+    command = f"`python benchmarks/bench_loop.py {' '.join(sys.argv[1:])}`".replace(" `", "`")
+
+    def emit(part: str, *blocks: str) -> None:
+        """Print a part and (with --write) put it into docs/performance.md under its own marker, so a
+        long run keeps what it measured and a rerun of one part (``--skip`` the others) replaces only it."""
+        text = "\n\n".join([*blocks, f"{command} on: {where}; load average at the end "
+                             f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}. Fast path on {kind}: "
+                             f"{fast[SEG].fast and fast[SEG].fast['switches']}."])
+        print(text, flush=True)
+        if args.write:
+            write_section(f"bench_loop {kind} {part}", text)
+
     if "monai" not in args.skip:
         rows = versus_monai(plain[IMAGE], fast[IMAGE], args.steps, args.repeats)
-        sections += [f"### Synthesis against MONAI's `DiffusionInferer.sample` ({IMAGE}, DDIM {args.steps} steps, "
-                     "eta 0, seconds, median of interleaved runs)",
-                     table(["batch", "guidance", "MONAI", "loop", "task", "task, fast path", "loop / MONAI",
-                            "MONAI / fast", "max abs loop - MONAI"], rows)]
+        emit("monai", f"### Synthesis against MONAI's `DiffusionInferer.sample` ({IMAGE}, DDIM {args.steps} steps, "
+                      "eta 0, seconds, median of interleaved runs)",
+             table(["batch", "guidance", "MONAI", "loop", "task", "task, fast path", "loop / MONAI", "MONAI / fast",
+                    "max abs loop - MONAI"], rows))
     if "bookkeeping" not in args.skip:
         rows = bookkeeping(plain[IMAGE].card, 50, args.repeats, dev)
-        sections += ["### Bookkeeping per step, network replaced by a constant (ms per step, DDIM 50)",
-                     table(["batch", "guidance", "eta", "MONAI", "loop", "loop with clipping"], rows)]
+        emit("bookkeeping", "### Bookkeeping per step, network replaced by a constant (ms per step, DDIM 50)",
+             table(["batch", "guidance", "eta", "MONAI", "loop", "loop with clipping"], rows))
     if "tasks" not in args.skip:
-        rows = tasks(fast[IMAGE], fast[SEG], fast["mni_t1_axial_64"], scan, spacing, slices, args.repeats)
-        sections += [f"### Tasks at their defaults on fewer inputs (MNI152 2 mm, fast path; seconds)",
-                     table(["task", "seconds", "network calls", "batch", "bare network", "overhead ratio",
-                            "first preview", "peak RSS MiB", "CUDA peak MiB"], rows)]
+        rows = tasks(fast[IMAGE], fast[SEG], fast["mni_t1_axial_64"], scan, spacing, slices, args.repeats, dev)
+        emit("tasks", "### Tasks at their defaults on fewer inputs (MNI152 2 mm, fast path, median seconds)",
+             table(["task", "seconds", "network calls", "batch", "overhead ratio (wall)", "overhead ratio (CPU time)",
+                    "first preview s", "peak RSS MiB", "CUDA peak MiB"], rows))
     if "batched" not in args.skip:
         rows = batched(fast[SEG], scan, spacing, args.repeats)
-        sections += ["### Ensemble members and slices batched (chunk 8) against one input per call (chunk 1)",
-                     table(["run", "batched s", "one at a time s", "speed-up", "members"], rows)]
+        emit("batched", "### Ensemble members and slices batched (chunk 8) against one input per call (chunk 1)",
+             table(["run", "batched s", "one at a time s", "speed-up", "members"], rows))
     if "fast" not in args.skip:
         rows, seg_rows = fast_path([plain[IMAGE], plain[SEG]], scan, spacing, args.repeats)
-        sections += ["### Fast path: bare forward, ms per sample",
-                     table(["model", "batch", "plain", "fast", "fast + bf16", "fast speed-up", "bf16 speed-up",
-                            "bf16 relative difference"], rows),
-                     f"### Ensemble (2 slices x 8 members) with each forward",
-                     table(["forward", "seconds", "speed-up", "labels equal to plain", "max abs difference of mean"],
-                           seg_rows)]
-    if "threads" not in args.skip and dev == "cpu":
+        emit("fast", "### Fast path: bare forward, ms per sample",
+             table(["model", "batch", "plain", "fast", "fast + bf16", "fast speed-up", "bf16 speed-up",
+                    "bf16 relative difference"], rows),
+             "### Ensemble (1 slice x 8 members, 10 steps) with each forward",
+             table(["forward", "seconds", "speed-up", "labels equal to plain", "max abs difference of mean"], seg_rows))
+    if "threads" not in args.skip and kind == "cpu":
         rows = threads(fast[IMAGE], args.repeats)
-        sections += [f"### Torch threads in a lone run ({IMAGE} fast path, ms per forward)",
-                     table(["batch"] + [f"{n} thread{'s' if n > 1 else ''}" for n in sorted({1, cores()})]
-                           + ["speed-up"], rows)]
-    sections.append(f"Load average after the run: {', '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}.")
-    text = "\n\n".join(sections)
-    print(text)
-    if args.write:
-        write_section(f"bench_loop {dev.split(':')[0]}", text)
+        emit("threads", f"### Torch threads in a lone run ({IMAGE} fast path, ms per forward)",
+             table(["batch"] + [f"{n} thread{'s' if n > 1 else ''}" for n in sorted({1, cores()})] + ["speed-up"],
+                   rows))
 
 
 if __name__ == "__main__":

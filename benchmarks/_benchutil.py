@@ -53,7 +53,7 @@ def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[
 
 
 class PeakMemory:
-    """Peak resident memory (MiB) of this process while the block runs, sampled every 5 ms; on CUDA
+    """Peak resident memory (MiB) of this process while the block runs, sampled every 50 ms; on CUDA
     also torch's peak allocated memory."""
 
     def __enter__(self):
@@ -76,7 +76,7 @@ class PeakMemory:
             self.cuda = torch.cuda.max_memory_allocated() / 2**20
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.005):
+        while not self._stop.wait(0.05):
             self.peak = max(self.peak, self._rss())
 
     @staticmethod

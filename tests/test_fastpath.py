@@ -155,7 +155,13 @@ def test_threads_follow_the_argument_then_the_environment(monkeypatch):
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
         assert configure_threads() == 2 == torch.get_num_threads()
         monkeypatch.delenv("OMP_NUM_THREADS")
-        assert configure_threads() >= 1
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+        monkeypatch.setattr("os.getloadavg", lambda: (0.2, 0.0, 0.0))
+        assert configure_threads() == 4  # a quiet machine: every core
+        monkeypatch.setattr("os.getloadavg", lambda: (2.6, 0.0, 0.0))
+        assert configure_threads() == 1  # three cores busy elsewhere
+        monkeypatch.setattr("os.getloadavg", lambda: (9.0, 0.0, 0.0))
+        assert configure_threads() == 1
         with pytest.raises(ValueError, match="threads must be a whole number >= 1, got 0"):
             configure_threads(0)
     finally:

@@ -63,8 +63,10 @@ def make_generator(seed: int | None, device: "torch.device") -> "torch.Generator
 
 def configure_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads and return the number: ``threads``, else ``$OMP_NUM_THREADS`` when
-    set (the user's choice), else every core this process may use (a lone run; measured in
-    docs/performance.md). Processes that share the cores (Dask workers) pass their own share."""
+    set (the user's choice), else the cores this process may use that other work is not already
+    keeping busy (by the 1-minute load average; at least 1). On a quiet machine that is every core;
+    on a busy one a second thread made each forward 3-30x slower (docs/performance.md). Processes
+    that share the cores (Dask workers) pass their own share."""
     import os
 
     import torch
@@ -72,7 +74,8 @@ def configure_threads(threads: int | None = None) -> int:
     if threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "")
         usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = int(env) if env.isdigit() and int(env) > 0 else usable
+        busy = int(os.getloadavg()[0] + 0.5) if hasattr(os, "getloadavg") else 0
+        threads = int(env) if env.isdigit() and int(env) > 0 else max(1, usable - busy)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
     if torch.get_num_threads() != threads:

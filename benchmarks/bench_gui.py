@@ -130,7 +130,8 @@ def measure(viewer, name, factory, short, long) -> list:
     wait(worker, timeout=60)
     stopped = time.perf_counter() - pressed
     step = statistics.median(np.diff(stamps)) if len(stamps) > 1 else float("nan")
-    return [name, f"{seconds:.1f}", len(events), f"{1000 * late[-1]:.0f}", f"{1000 * late[int(0.99 * (len(late) - 1))]:.0f}",
+    p99 = late[int(0.99 * (len(late) - 1))]
+    return [name, f"{seconds:.1f}", len(events), f"{1000 * late[-1]:.0f}", f"{1000 * p99:.0f}",
             f"{1000 * stopped:.0f}", f"{1000 * step:.0f}", widget.status.value]
 
 

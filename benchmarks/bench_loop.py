@@ -42,21 +42,30 @@ def _sync():
         torch.cuda.synchronize()
 
 
-def bare_forward(network, card, batch: int, repeats: int = 5, clock=time.perf_counter) -> float:
-    """Median seconds of one forward at ``batch`` (after one warm-up), on ``clock``."""
+def forward_call(network, card, batch: int):
+    """One forward of ``network`` at ``batch`` on fixed inputs, as a callable."""
     import torch
 
     dev = next(network.parameters()).device
     x = torch.randn((batch, card.network["in_channels"], *card.image_size), device=dev)
     ts = torch.full((batch,), 500, device=dev, dtype=torch.long)
     labels = torch.zeros(batch, dtype=torch.long, device=dev) if card.conditional else None
-    times = []
-    with torch.inference_mode():
-        for _ in range(repeats + 1):
-            start = clock()
+
+    def call():
+        with torch.inference_mode():
             network(x, timesteps=ts, class_labels=labels)
-            _sync()
-            times.append(clock() - start)
+        _sync()
+
+    return call
+
+
+def bare_forward(network, card, batch: int, repeats: int = 5, clock=time.perf_counter) -> float:
+    """Median seconds of one forward at ``batch`` (after one warm-up), on ``clock``."""
+    call, times = forward_call(network, card, batch), []
+    for _ in range(repeats + 1):
+        start = clock()
+        call()
+        times.append(clock() - start)
     return statistics.median(times[1:])
 
 
@@ -140,8 +149,8 @@ def bookkeeping(card, steps: int, repeats: int, dev: str = "cpu") -> list[list]:
                 noise, network, verbose=False, conditioning=labels.float(), cfg=w, cfg_fill_value=2.0)
 
         def loop(clip):
-            return lambda: run(iter_denoise(network, make_scheduler(card, "ddim", steps, dev), noise, cond=cond, eta=eta,
-                                            clip=clip, generator=gen))
+            return lambda: run(iter_denoise(network, make_scheduler(card, "ddim", steps, dev), noise, cond=cond,
+                                            eta=eta, clip=clip, generator=gen))
 
         runs = {"loop": loop(False), "loop+clip": loop(True)}
         if eta == 0.0:
@@ -250,9 +259,13 @@ def fast_path(plain_models, scan, spacing, repeats: int) -> tuple[list[list], li
         bf16 = accelerate(plain, FastOptions(fused_attention=True, channels_last=True, bf16=True))
         variants[plain.card.name] = (plain, fast, bf16)
         for b in (1, 8, 16):
-            t = {k: bare_forward(m.network, m.card, b) for k, m in (("plain", plain), ("fast", fast), ("bf16", bf16))}
+            calls = {k: forward_call(m.network, m.card, b) for k, m in zip(("plain", "fast", "bf16"), (plain, fast, bf16))}
+            for call in calls.values():  # warm-up
+                call()
+            t, _ = interleaved(calls, 7)
             rows.append([plain.card.name, b, f"{1000 * t['plain'] / b:.1f}", f"{1000 * t['fast'] / b:.1f}",
-                         f"{1000 * t['bf16'] / b:.1f}", f"{t['plain'] / t['fast']:.2f}", f"{t['plain'] / t['bf16']:.2f}",
+                         f"{1000 * t['bf16'] / b:.1f}", f"{t['plain'] / t['fast']:.2f}",
+                         f"{t['plain'] / t['bf16']:.2f}",
                          f"{bf16.fast['bf16_difference']:.1e}"])
             print(rows[-1], flush=True)
     plain, fast, bf16 = variants[SEG]
@@ -353,8 +366,8 @@ def main() -> None:
     if "threads" not in args.skip and kind == "cpu":
         rows = threads(fast[IMAGE], args.repeats)
         emit("threads", f"### Torch threads in a lone run ({IMAGE} fast path, ms per forward)",
-             table(["batch"] + [f"{n} thread{'s' if n > 1 else ''}" for n in sorted({1, cores()})] + ["speed-up"],
-                   rows))
+             table(["batch", *(f"{n} thread{'s' if n > 1 else ''}" for n in sorted({1, cores()})),
+                    "speed-up of all cores"], rows))
 
 
 if __name__ == "__main__":

@@ -36,8 +36,8 @@ def test_two_gloo_processes_follow_the_loss_curve_of_one_process(tmp_path):
 
     folder = _folder(tmp_path / "data")
     assert main(_args(folder, tmp_path / "one")) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(napari_diffmed.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    src = str(Path(napari_diffmed.__file__).parents[1])  # this checkout's package, in the launched processes too
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "napari_diffmed.cli", *_args(folder, tmp_path / "two")],
                           env=env, capture_output=True, text=True, timeout=120)

@@ -259,7 +259,8 @@ def fast_path(plain_models, scan, spacing, repeats: int) -> tuple[list[list], li
         bf16 = accelerate(plain, FastOptions(fused_attention=True, channels_last=True, bf16=True))
         variants[plain.card.name] = (plain, fast, bf16)
         for b in (1, 8, 16):
-            calls = {k: forward_call(m.network, m.card, b) for k, m in zip(("plain", "fast", "bf16"), (plain, fast, bf16))}
+            models = {"plain": plain, "fast": fast, "bf16": bf16}
+            calls = {k: forward_call(m.network, m.card, b) for k, m in models.items()}
             for call in calls.values():  # warm-up
                 call()
             t, _ = interleaved(calls, 7)

@@ -444,12 +444,19 @@ def _finish(image, prepared, brain, recon: np.ndarray, unguided: np.ndarray | No
 def anomaly_map(
     image: np.ndarray, spacing: Sequence[float] | None = None, *, mask: np.ndarray | None = None,
     axis: int = 0, indices: Sequence[int] | None = None, model: "str | os.PathLike | LoadedModel | None" = None,
-    callback=None, **settings: Any,
+    callback=None, preprocess=None, force: bool = False, metadata: dict | None = None, **settings: Any,
 ) -> AnomalyResult:
     """Anomaly heatmap of a 2D image or 3D volume; see :func:`iter_anomaly_map` and :class:`AnomalySettings`.
+    ``preprocess``/``force``/``metadata``: the domain check and the template space, as in
+    :func:`~napari_diffmed.ensemble.segment_ensemble`.
 
     >>> result = anomaly_map(scan, spacing=(1, 1, 1), method="gaussian", level=300, seed=0)  # doctest: +SKIP
     >>> result.heatmap.shape == scan.shape, int(result.labels().sum())  # doctest: +SKIP
     """
-    return drive(iter_anomaly_map(image, spacing, mask=mask, axis=axis, indices=indices, model=model, **settings),
-                 callback)
+    from .preprocess.run import iter_task
+
+    loaded = _load(model, settings.get("device", DEFAULTS.device))
+    make = lambda img, sp, ax, idx, m: iter_anomaly_map(  # noqa: E731
+        img, sp, mask=m, axis=ax, indices=idx, model=loaded, **settings)
+    return drive(iter_task("anomaly", make, image, spacing, loaded.card, preprocess=preprocess, force=force, axis=axis,
+                           indices=indices, mask=mask, metadata=metadata), callback)

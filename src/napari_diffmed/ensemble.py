@@ -318,12 +318,23 @@ def segment_ensemble(
     model: "str | os.PathLike | LoadedModel | None" = None, members: int = DEFAULTS.members,
     steps: int = DEFAULTS.steps, scheduler: str = DEFAULTS.scheduler, seed: int | None = DEFAULTS.seed,
     axis: int = 0, indices: Sequence[int] | None = None, device: str = "auto", chunk: int = DEFAULTS.chunk,
-    max_bytes: int = DEFAULTS.max_bytes, callback=None, fixed: np.ndarray | None = None,
+    max_bytes: int = DEFAULTS.max_bytes, callback=None, fixed: np.ndarray | None = None, preprocess=None,
+    force: bool = False, metadata: dict | None = None,
 ) -> EnsembleResult:
     """Segment a 2D image or 3D volume with an ensemble; see :func:`iter_segment_ensemble`.
+
+    The scan is first checked against the model's training domain (:mod:`napari_diffmed.domain`);
+    ``preprocess`` ("auto" or a :class:`~napari_diffmed.preprocess.PreprocessSettings`) runs the model in
+    its template's space and maps every result back onto the scan's grid.
 
     >>> result = segment_ensemble(scan, spacing=(1, 1, 1), members=8, indices=range(80, 92))  # doctest: +SKIP
     >>> labels, ranked = result.labels(), result.ranking()  # doctest: +SKIP
     """
-    return drive(iter_segment_ensemble(image, spacing, model, members, steps, scheduler, seed, axis, indices,
-                                       device, chunk, max_bytes, preview=False, fixed=fixed), callback)
+    from .preprocess.run import iter_task
+
+    loaded = segmentation_model(model, device)
+    make = lambda img, sp, ax, idx, held: iter_segment_ensemble(  # noqa: E731
+        img, sp, loaded, members, steps, scheduler, seed, ax, idx, device, chunk, max_bytes, preview=False,
+        fixed=held)
+    return drive(iter_task("segmentation", make, image, spacing, loaded.card, preprocess=preprocess, force=force,
+                           axis=axis, indices=indices, mask=fixed, metadata=metadata), callback)

@@ -387,9 +387,17 @@ def inpaint(
     steps: int | None = None, jump_length: int | None = None, resamplings: int | None = None,
     proposals: int = DEFAULTS.proposals, seed: int | None = DEFAULTS.seed, mode: str = DEFAULTS.mode,
     axis: int = DEFAULTS.axis, indices: Sequence[int] | None = None, device: str = "auto",
-    batch_size: int = DEFAULTS.batch_size, dilate: int = 1, on_progress=None,
+    batch_size: int = DEFAULTS.batch_size, dilate: int = 1, on_progress=None, preprocess=None, force: bool = False,
+    metadata: dict | None = None,
 ) -> InpaintResult:
-    """Inpaint ``mask`` in ``image`` (see :func:`iter_inpaint`); ``on_progress(Progress)`` is called per step."""
-    return drive(iter_inpaint(
-        image, mask, spacing, model, class_name, steps, jump_length, resamplings, proposals, seed, mode, axis,
-        indices, device, batch_size, preview=False, dilate=dilate), on_progress)
+    """Inpaint ``mask`` in ``image`` (see :func:`iter_inpaint`); ``on_progress(Progress)`` is called per step.
+    ``preprocess``/``force``/``metadata``: the domain check and the template space, as in
+    :func:`~napari_diffmed.ensemble.segment_ensemble`."""
+    from .preprocess.run import iter_task
+
+    loaded = image_model(model, device)
+    make = lambda img, sp, ax, idx, m: iter_inpaint(  # noqa: E731
+        img, mask if m is None else m, sp, loaded, class_name, steps, jump_length, resamplings, proposals, seed,
+        mode, ax, idx, device, batch_size, preview=False, dilate=dilate)
+    return drive(iter_task("inpainting", make, image, spacing, loaded.card, preprocess=preprocess, force=force,
+                           axis=axis, indices=indices, mask=mask, metadata=metadata), on_progress)

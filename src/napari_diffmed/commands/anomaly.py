@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..anomaly import COMPARES, DEFAULTS, METHODS
 from ..outputs import OutputSet
-from .common import add_common, file_runner, on_server, printer, write_sidecar
+from .common import (add_common, add_preprocess, domain_notices, file_runner, on_server, preprocess_kwargs, printer,
+                     write_sidecar)
 
 
 def add_parser(subparsers) -> None:
@@ -42,6 +43,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="anomaly mask threshold (default: the model card's, calibrated on healthy held-out slices)")
     p.add_argument("--reference", type=Path, default=None, help="reference lesion mask NIfTI: report AUROC, AUPRC, Dice")
+    add_preprocess(p)
     p.set_defaults(func=run)
 
 
@@ -84,8 +86,15 @@ def run(args: argparse.Namespace) -> int:
     log(f"anomaly: {args.scan} {scan.shape}, model {args.model or 'mni_t1_axial_64 (default)'}, "
         + ", ".join(f"{key}={value}" for key, value in settings.items())
         + f", axis={args.axis}, slices={args.slices or 'all'}")
-    result = anomaly_map(scan, kwargs["metadata"]["spacing"], mask=masks.get("mask"), axis=args.axis,
-                         indices=indices, model=args.model, callback=printer(args.quiet), **settings)
+    extra = {"model": args.model}
+    if args.server is None:  # the card says whether to preprocess
+        from ..models import load_for_task
+
+        loaded = load_for_task(args.model, "image", args.device, "an anomaly map")
+        extra = {"model": loaded, **preprocess_kwargs(args, loaded.card, kwargs["metadata"])}
+    with domain_notices("anomaly"):
+        result = anomaly_map(scan, kwargs["metadata"]["spacing"], mask=masks.get("mask"), axis=args.axis,
+                             indices=indices, callback=printer(args.quiet), **extra, **settings)
     threshold = result.threshold if args.threshold is None else float(args.threshold)
     for note in result.messages:
         log(f"  notice: {note}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +35,52 @@ def on_server(args: argparse.Namespace, *functions: Callable[..., Any]) -> tuple
         raise ValueError("--device chooses this computer's device; a server runs on its own (serve --device)")
     client = Client(args.server)
     return tuple(getattr(client, f.__name__) for f in functions)
+
+
+def add_preprocess(parser: argparse.ArgumentParser) -> None:
+    """Flags of the step that brings a scan to the model's template space and back, and of the domain check."""
+    from ..preprocess.pipeline import REGISTER, SKULL
+
+    group = parser.add_argument_group("preprocessing (to the model's template space and back; docs/generalisation.md)")
+    group.add_argument("--preprocess", choices=("auto", "none"), default="auto",
+                       help="auto: where the model card names a template (the shipped models), bias-correct, "
+                            "register and brain-extract the scan first and map results back (default auto)")
+    group.add_argument("--register", choices=REGISTER, default="affine", help="registration (default affine)")
+    group.add_argument("--n4", action=argparse.BooleanOptionalAction, default=True,
+                       help="N4 bias-field correction (default on)")
+    group.add_argument("--skull-strip", choices=SKULL, default="auto",
+                       help="brain extraction by the template's brain mask: auto (where a skull is found), yes, no")
+    group.add_argument("--force", action="store_true",
+                       help="run even where the scan is outside the model's training domain (e.g. a T2 or b0 image)")
+
+
+def preprocess_kwargs(args: argparse.Namespace, card, metadata: dict | None) -> dict[str, Any]:
+    """``preprocess``, ``force`` and ``metadata`` for a task function from :func:`add_preprocess`'s flags
+    (none with ``--server``: the server runs the task as it is)."""
+    from ..preprocess import PreprocessSettings, in_template_space
+
+    if getattr(args, "server", None) is not None:
+        return {}
+
+    pre = None
+    if args.preprocess == "auto" and in_template_space(card):
+        pre = PreprocessSettings(n4=args.n4, register=args.register, skull_strip=args.skull_strip)
+    return {"preprocess": pre, "force": args.force, "metadata": metadata}
+
+
+@contextmanager
+def domain_notices(command: str):
+    """Each :class:`~napari_diffmed.domain.DomainWarning` raised inside as one line on stderr."""
+    from ..domain import DomainWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DomainWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, DomainWarning):
+            print(f"napari-diffmed {command}: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def write_sidecar(path: Path, record: dict[str, Any], overwrite: bool = False) -> Path:

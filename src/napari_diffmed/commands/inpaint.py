@@ -9,7 +9,8 @@ import numpy as np
 
 from ..inpainting import DEFAULTS, MODES, describe
 from ..outputs import OutputSet, file_prefix
-from .common import add_common, file_runner, on_server, printer, write_sidecar
+from .common import (add_common, add_preprocess, domain_notices, file_runner, on_server, preprocess_kwargs, printer,
+                     write_sidecar)
 
 
 def add_parser(subparsers) -> None:
@@ -22,6 +23,7 @@ def add_parser(subparsers) -> None:
     )
     add_common(parser, model_help=f"image model name or path to NAME.safetensors (default: {DEFAULTS.model})")
     parser.set_defaults(seed=DEFAULTS.seed, func=run)
+    add_preprocess(parser)
     parser.add_argument("scan", type=Path, help="the scan (NIfTI, or DICOM series folder or file)")
     parser.add_argument("--series", default=None, metavar="UID", help="DICOM series to read if SCAN holds several")
     parser.add_argument("mask", type=Path, help="the region to fill (NIfTI; non-zero voxels); resampled onto "
@@ -125,10 +127,12 @@ def run(args: argparse.Namespace) -> int:
     say(f"inpainting with class {cls}, mode {args.mode}: {describe(settings)}; {args.proposals} proposals, "
         f"seed {args.seed}, device {select_device(args.device)}, axis {args.axis}, "
         f"slices {'all with mask voxels' if args.slices is None else describe_slices(args.slices)}")
-    result = inpaint(scan, mask, scan_kw["metadata"]["spacing"], model=loaded, class_name=cls, steps=settings.steps,
-                     jump_length=settings.jump_length, resamplings=settings.resamplings, proposals=args.proposals,
-                     seed=args.seed, mode=args.mode, axis=args.axis, indices=args.slices, device=args.device,
-                     batch_size=args.batch_size, on_progress=printer(args.quiet))
+    with domain_notices("inpaint"):
+        result = inpaint(scan, mask, scan_kw["metadata"]["spacing"], model=loaded, class_name=cls,
+                         steps=settings.steps, jump_length=settings.jump_length, resamplings=settings.resamplings,
+                         proposals=args.proposals, seed=args.seed, mode=args.mode, axis=args.axis,
+                         indices=args.slices, device=args.device, batch_size=args.batch_size,
+                         on_progress=printer(args.quiet), **preprocess_kwargs(args, loaded.card, scan_kw["metadata"]))
     for note in result.messages:
         say(f"notice: {note}")
     notes += result.messages

@@ -8,7 +8,8 @@ from pathlib import Path
 from ..ensemble import DEFAULTS, RULES
 from ..outputs import OutputSet
 from ..sampling import SCHEDULER_NAMES
-from .common import add_common, file_runner, on_server, printer, write_sidecar
+from .common import (add_common, add_preprocess, domain_notices, file_runner, on_server, preprocess_kwargs, printer,
+                     write_sidecar)
 
 OUTPUTS = {"labels": "seg_labels", "mean": "seg_mean", "votes": "seg_votes", "variance": "seg_variance",
            "entropy": "seg_entropy", "mutual_information": "seg_mutual_information"}
@@ -44,6 +45,7 @@ def add_parser(subparsers) -> None:
                    help=f"network inputs (members x slices) per call; lower it to save memory "
                         f"(default {DEFAULTS.chunk})")
     p.add_argument("--reference", type=Path, default=None, help="reference mask NIfTI: report Dice, HD95, GED, AUROC")
+    add_preprocess(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
         f"steps={args.steps}, scheduler={args.scheduler}, seed={args.seed}, axis={args.axis}, "
         f"slices={args.slices or 'all'}, rule={args.rule}, threshold={args.threshold:g}, device={args.device}")
     spacing = kwargs["metadata"]["spacing"]
-    result = segment_ensemble(scan, spacing, model=loaded, members=args.members, steps=args.steps,
-                              scheduler=args.scheduler, seed=args.seed, axis=args.axis, indices=indices,
-                              device=args.device, chunk=args.chunk, callback=printer(args.quiet))
+    with domain_notices("segment"):
+        result = segment_ensemble(scan, spacing, model=loaded, members=args.members, steps=args.steps,
+                                  scheduler=args.scheduler, seed=args.seed, axis=args.axis, indices=indices,
+                                  device=args.device, chunk=args.chunk, callback=printer(args.quiet),
+                                  **preprocess_kwargs(args, loaded.card, kwargs["metadata"]))
     labels = result.labels(args.rule, args.threshold)
     with outputs.staging() as stage:
         meta = kwargs["metadata"]

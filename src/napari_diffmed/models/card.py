@@ -30,7 +30,9 @@ class ModelCard:
     ``scheduler`` holds ``{"name": ..., **kwargs}`` for the training scheduler (its
     ``prediction_type`` says what the network predicts);
     ``spacing`` is the physical pixel/voxel size (mm) the model sees, in napari
-    axis order; ``normalisation`` says how intensities map to the model range.
+    axis order; ``normalisation`` says how intensities map to the model range;
+    ``domain`` (optional) describes the training scans: template and space, plane, modality and
+    contrast signature, spacing, field of view, skull (see :mod:`napari_diffmed.domain`).
     """
 
     name: str
@@ -52,6 +54,7 @@ class ModelCard:
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    domain: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
     architecture: str = "DiffusionModelUNet"
     card_version: int = CARD_VERSION

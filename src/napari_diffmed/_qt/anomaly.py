@@ -18,6 +18,7 @@ from ..device import DEVICE_CHOICES
 from .backend import BackendChoice
 from .dock import FollowImage, short_tab_title
 from .jobs import JobRunner
+from .preprocess import PreprocessPanel, card_of
 from .layers import PreviewLayer
 
 
@@ -64,9 +65,10 @@ class AnomalyWidget(Container):
         self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.001, value=0.0, visible=False)
         self.threshold_info = Label(value="")
         self.metrics = Label(value="")
+        self.prep = PreprocessPanel(viewer, lambda: self.image.value, lambda: card_of(self.model_source()))
         self.extend([self.image, self.model, self.model_file, self.method, self.level, self.depth, self.guidance,
                      self.compare, self.negative, self.reconstructions, self.steps, self.smoothing, self.seed,
-                     self.slices, self.reference, self.device, self.backend,
+                     self.slices, self.reference, self.device, self.backend, self.prep,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.progress, self.status, self.threshold, self.threshold_info, self.metrics])
         self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
@@ -164,8 +166,10 @@ class AnomalyWidget(Container):
         self._reference = None if reference is None else np.asarray(reference.data) > 0
         self._scores = None
         n = 1 if card.spatial_dims == 3 or data.ndim == 2 else len(set(indices or range(data.shape[0])))
-        job = lambda: iter_anomaly_map(data, spacing, indices=indices, model=model,  # noqa: E731
-                                       preview_interval=0.5, **settings)
+        make = lambda img, sp, ax, idx, m: iter_anomaly_map(  # noqa: E731
+            img, sp, mask=m, axis=ax, indices=idx, model=model, preview_interval=0.5, **settings)
+        meta = dict(layer.metadata)
+        job = lambda: self.prep.job("anomaly", make, data, spacing, card, 0, indices, metadata=meta)  # noqa: E731
         worker = self.runner.start(job, total=planned_calls(card, n, replace(DEFAULTS, **settings)),
                                    on_done=lambda r: self._show(r, source, self._reference),
                                    on_preview=lambda e: self.preview.show(
@@ -182,6 +186,7 @@ class AnomalyWidget(Container):
 
     def _show(self, result: AnomalyResult, source, reference: np.ndarray | None) -> None:
         self.preview.remove()
+        self.prep.report(result)
         self.result, kw, name = result, self._kwargs(source), source.name
         kw["metadata"] = {**{k: v for k, v in kw["metadata"].items() if k != "provenance"},
                           "provenance": result.provenance}

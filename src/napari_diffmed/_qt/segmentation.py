@@ -22,6 +22,7 @@ from .backend import BackendChoice
 from .dock import FollowImage, short_tab_title
 from .layers import PreviewLayer, placement
 from .jobs import JobRunner
+from .preprocess import PreprocessPanel, card_of
 
 
 REGIONS = ("slice range", "current slice", "whole volume")
@@ -64,9 +65,11 @@ class SegmentationWidget(Container):
         self.ranked = Select(label="most uncertain slices", choices=lambda *_: self._choices)
         self.previous_button, self.next_button = PushButton(text="Previous"), PushButton(text="Next")
         self.metrics = Label(value="")
+        self.prep = PreprocessPanel(viewer, lambda: self.viewer.layers[self.image.value] if self.image.value else None,
+                                    lambda: card_of(self.model_source()))
         super().__init__(widgets=[
             self.image, self.model, self.model_file, self.members, self.steps, self.scheduler, self.seed, self.axis,
-            self.region, self.first, self.stop, self.device, self.backend, self.keep_members,
+            self.region, self.first, self.stop, self.device, self.backend, self.keep_members, self.prep,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.progress, self.status, self.rule, self.threshold, self.reference, self.ranked,
             Container(widgets=[self.previous_button, self.next_button], layout="horizontal", labels=False),
@@ -182,8 +185,12 @@ class SegmentationWidget(Container):
         kwargs = {**self.settings(), "model": self.model_source(), "indices": indices}
         self._source = image
 
+        meta = dict(image.metadata)
+
         def job():
-            return iter_segment_ensemble(data, spacing, **kwargs)
+            make = lambda img, sp, ax, idx, _: iter_segment_ensemble(  # noqa: E731
+                img, sp, **{**kwargs, "axis": ax, "indices": idx})
+            return self.prep.job("segmentation", make, data, spacing, card, kwargs["axis"], indices, metadata=meta)
 
         worker = self.runner.start(job, total=total, on_done=self._add_result, on_preview=self._show_preview,
                                    description="Segment")
@@ -198,6 +205,7 @@ class SegmentationWidget(Container):
 
     def _add_result(self, result) -> None:
         self.preview.remove()
+        self.prep.report(result)
         src, self.result = self._source, result
         place = placement(src)
         place["metadata"] = {**place["metadata"], "provenance": result.provenance}

@@ -97,7 +97,7 @@ def test_model_slices_follow_the_scan_slab(template, card):
     settings = PreprocessSettings(n4=False, standardise=False, skull_strip="no")
     _, tf = to_model_space(np.roll(template.t1, 5, axis=0), template.spacing, card, settings)
     chosen = tf.model_slices(0, range(40, 46))
-    assert 32 <= chosen[0] <= 35 and 40 <= chosen[-1] <= 43  # template slices 35-40, give or take the margin
+    assert set(range(35, 41)) <= set(chosen) <= set(range(34, 42))  # template slices 35-40 (registered to < 1 voxel)
 
 
 def test_a_failed_registration_is_an_error_not_garbage(card):

@@ -69,9 +69,9 @@ class Transform:
         """Scan voxels that land on the template grid."""
         return self.back(np.ones(self.model_shape, np.uint8), "labels") > 0
 
-    def model_slices(self, axis: int, indices: Sequence[int] | None, margin: int = 2) -> list[int] | None:
-        """Axial template slices where the scan's slices ``indices`` along ``axis`` meet the template's brain
-        (None: all slices)."""
+    def model_slices(self, axis: int, indices: Sequence[int] | None) -> list[int] | None:
+        """Axial template slices that the scan's slices ``indices`` along ``axis`` need where they meet the
+        template's brain (None: all slices): the slice a point lies on, or the two it lies between."""
         if indices is None:
             return None
         idx = np.asarray(sorted(set(int(i) for i in indices)))
@@ -85,6 +85,7 @@ class Transform:
         ok[ok] = self.brain[tuple(voxel[ok].T)]
         if not ok.any():
             raise ValueError(f"slices {list(idx)[:5]} along axis {axis} do not meet the template's brain")
-        low = max(0, int(voxel[ok, 0].min()) - margin)
-        high = min(self.model_shape[0] - 1, int(voxel[ok, 0].max()) + margin)
-        return list(range(low, high + 1))
+        z = points[ok, 2] / self.model_spacing[0]
+        near = np.abs(z - np.round(z)) < 0.05  # on a template slice: that slice; between two: both
+        needed = np.concatenate([np.round(z[near]), np.floor(z[~near]), np.ceil(z[~near])]).astype(int)
+        return sorted(set(int(k) for k in np.clip(needed, 0, self.model_shape[0] - 1)))

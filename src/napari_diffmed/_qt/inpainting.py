@@ -17,6 +17,7 @@ from ..models import ModelCard, ModelCardError, list_models
 from .backend import BackendChoice
 from .dock import FollowImage, short_tab_title
 from .jobs import JobRunner
+from .preprocess import PreprocessPanel, card_of
 from .layers import PreviewLayer, placement, world_matrix
 
 
@@ -76,11 +77,13 @@ class InpaintingWidget(Container):
         self.status = Label(value="")
         self.chosen = SpinBox(label="proposal", min=0, max=63, value=0)
         self.accept_button = PushButton(text="Accept proposal as a new layer")
+        self.prep = PreprocessPanel(viewer, lambda: self.viewer.layers[self.image.value] if self.image.value else None,
+                                    lambda: card_of(self.model_source()))
         super().__init__(widgets=[
             self.image, self.mask, self.model, self.model_file, self.class_name, self.mode, self.steps,
             self.jump_length, self.resamplings, self.calls, self.proposals, self.seed, self.region, self.axis,
-            self.first, self.stop, self.device, self.backend, self.run_button, self.cancel_button, self.progress,
-            self.status, self.chosen, self.accept_button,
+            self.first, self.stop, self.device, self.backend, self.prep, self.run_button, self.cancel_button,
+            self.progress, self.status, self.chosen, self.accept_button,
         ])
         self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
         self.preview = PreviewLayer(viewer)
@@ -227,8 +230,13 @@ class InpaintingWidget(Container):
         self.status.value = f"{calls} network calls"
         self._source = image
 
+        card, meta = card_of(self.model_source()), dict(image.metadata)
+
         def job():
-            return iter_inpaint(data, mask, spacing, **kwargs)
+            make = lambda img, sp, ax, idx, m: iter_inpaint(  # noqa: E731
+                img, mask if m is None else m, sp, **{**kwargs, "axis": ax, "indices": idx})
+            return self.prep.job("inpainting", make, data, spacing, card, kwargs["axis"], indices, mask=mask,
+                                 metadata=meta)
 
         worker = self.runner.start(job, total=calls,
                                    on_done=self._add_result, on_preview=self._show_preview, description="Inpaint")
@@ -243,6 +251,7 @@ class InpaintingWidget(Container):
 
     def _add_result(self, result) -> None:
         self.preview.remove()
+        self.prep.report(result)
         src, prov = self._source, result.provenance
         for note in result.messages:
             show_info(f"Inpaint: {note}")

@@ -37,8 +37,8 @@ class PreprocessPanel(Container):
     def settings(self, card) -> PreprocessSettings | None:
         if not self.use_template.value or not in_template_space(card):
             return None
-        return PreprocessSettings(n4=self.n4.value, register=self.registration.value, skull_strip=self.skull_strip.value,
-                                  standardise=self.standardise.value)
+        return PreprocessSettings(n4=self.n4.value, register=self.registration.value,
+                                  skull_strip=self.skull_strip.value, standardise=self.standardise.value)
 
     def job(self, task: str, make, data: np.ndarray, spacing, card, axis: int, indices, mask=None, metadata=None):
         """The generator a widget's job runs: the domain check, the task in the template's space, results back."""

@@ -61,12 +61,18 @@ def contrast_signature(volume: np.ndarray) -> dict[str, float]:
     vol = np.asarray(volume, dtype=np.float32)
     step = max(1, int(round((vol.size / 2e6) ** (1 / 3)))) if vol.ndim == 3 else 1
     small = vol[::step, ::step, ::step] if vol.ndim == 3 else vol
+    none = {"skew": 0.0, "dark_fraction": 0.0, "bright_fraction": 0.0}
+    if np.ptp(small) == 0:
+        return none
     x = small[foreground(small)]
-    if x.size < 100:
-        return {"skew": 0.0, "dark_fraction": 0.0, "bright_fraction": 0.0}
-    low, high = np.percentile(x, [1, 99])
-    x = np.clip((x - low) / max(high - low, 1e-12), 0, 1)
-    classes = np.digitize(x, threshold_multiotsu(x, 3))
+    low, high = np.percentile(x, [1, 99]) if x.size >= 100 else (0.0, 0.0)
+    if not high > low:  # too few voxels, or too few grey levels, to tell
+        return none
+    x = np.clip((x - low) / (high - low), 0, 1)
+    try:
+        classes = np.digitize(x, threshold_multiotsu(x, 3))
+    except ValueError:
+        return none
     fractions = np.bincount(classes, minlength=3) / x.size
     return {"skew": round(float(stats.skew(x)), 3), "dark_fraction": round(float(fractions[0]), 3),
             "bright_fraction": round(float(fractions[2]), 3)}

@@ -56,9 +56,9 @@ def affine(template: np.ndarray, template_spacing: Sequence[float], scan: np.nda
     """Affine transform (template point -> scan point) and its final Mattes MI (lower is better).
 
     The fit starts from the foregrounds' centres, tries every axis order and flip when ``search``
-    (storage order unknown), then refines a similarity and then an affine transform
-    (8 and 4 mm for a similarity transform, 4 and 2 mm for the affine one). ``template_mask`` restricts the metric to the template's brain and a margin, so a
-    skull in the scan is not pulled onto the template's brain."""
+    (storage order unknown), then refines a similarity transform (at 8 and 4 mm) and an affine one (4 and
+    2 mm). ``template_mask`` restricts the metric to the template's brain and a margin, so that a skull in
+    the scan is not pulled onto the template's brain."""
     import SimpleITK as sitk
 
     fixed = to_itk(template, template_spacing)

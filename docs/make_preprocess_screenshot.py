@@ -5,7 +5,7 @@
 A T1 head made from the 1 mm MNI152 brain (turned 12 degrees in the axial plane, shifted, with CSF, bone
 and scalp around it and a bias field) is opened as a scan; the Segment widget's preprocessing panel runs
 "Preview registered scan" (N4, affine registration, brain extraction, intensity matching) and the window
-shows the scan | the registered scan over the template, with the panel and its mark.
+shows the registered scan (magma) over the template | the head as it is, with the panel and its mark.
 """
 
 from __future__ import annotations
@@ -49,14 +49,16 @@ def main(argv=None) -> int:
     while worker is not None and widget.prep.worker is not None:
         QApplication.processEvents()
         time.sleep(0.05)
+    head = viewer.layers["head T1"]  # grid cells take the layers in pairs from the bottom of the list:
+    viewer.layers.move(viewer.layers.index(head), len(viewer.layers))  # the template and registered scan | the head
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+    grid.enabled, grid.shape, grid.stride = True, (1, 2), 2
+    viewer.dims.set_point(0, 100.0)  # mm: through the ventricles of the template and of the head
     for _ in range(20):
         QApplication.processEvents()
-    viewer.grid.enabled = True
-    viewer.grid.shape = (1, 2)
-    viewer.grid.stride = 2  # the head alone | the template with the registered scan over it
-    viewer.layers.move(0, len(viewer.layers) - 1)
-    viewer.dims.set_point(0, float(np.mean([0, scan.shape[0] * spacing[0]])) * 0.55)
     viewer.reset_view()
+    for _ in range(20):
+        QApplication.processEvents()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(args.out), canvas_only=False, flash=False)
     print(f"wrote {args.out}: {widget.prep.mark.value}")

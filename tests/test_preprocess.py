@@ -117,3 +117,41 @@ def test_bad_settings_name_the_value(kwargs, match):
 def test_spacing_is_required(card, template):
     with pytest.raises(ValueError, match="spacing"):
         to_model_space(template.t1, None, card)
+
+
+def test_the_command_line_preprocesses_and_writes_on_the_scan_grid(head, tmp_path, tmp_path_factory):
+    import json
+
+    import nibabel as nib
+
+    from conftest import SCHEDULER, TINY_NET, _save_tiny
+    from napari_diffmed.cli import main
+
+    model = _save_tiny(tmp_path_factory, dict(
+        name="tiny_seg_template", task="segmentation", spatial_dims=2, image_size=[16, 16], spacing=[8.0, 8.0],
+        network=dict(spatial_dims=2, in_channels=2, out_channels=1, **TINY_NET), scheduler=dict(SCHEDULER),
+        condition_channels=1, domain=DOMAIN))
+    scan, spacing, _ = head
+    path = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(scan.T), np.diag([*spacing, 1.0])), str(path))
+    argv = ["segment", str(path), "--out", str(tmp_path / "out"), "--model", str(model), "--members", "2",
+            "--steps", "2", "--slices", "30:32", "--quiet", "--device", "cpu", "--no-n4"]
+    assert main(argv) == 0
+    labels = nib.load(str(tmp_path / "out" / "head_seg_labels.nii.gz"))
+    assert labels.shape == scan.T.shape and np.allclose(labels.affine, np.diag([*spacing, 1.0]))
+    record = json.loads((tmp_path / "out" / "head_segment.json").read_text())
+    assert record["preprocess"]["stages"]["skull"]["stripped"] and "n4" not in record["preprocess"]["stages"]
+    entropy = np.asarray(nib.load(str(tmp_path / "out" / "head_seg_entropy.nii.gz")).dataobj).T
+    assert not entropy[:30].any() and not entropy[32:].any()  # only the chosen slices, on the scan's grid
+
+
+def test_dask_settings_reach_the_preprocessing_flags():
+    import argparse
+
+    from napari_diffmed.cli import build_parser
+    from napari_diffmed.commands.common import _options
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["anomaly"]
+    argv = _options(sub, "anomaly", {"n4": False, "register": "deformable", "skull_strip": "yes", "force": True})
+    assert argv == ["--no-n4", "--register", "deformable", "--skull-strip", "yes", "--force"]

@@ -150,6 +150,8 @@ def _options(parser: argparse.ArgumentParser, command: str, settings: dict[str, 
         flag = action.option_strings[-1]
         if isinstance(action, argparse._StoreTrueAction):
             argv += [flag] if value else []
+        elif isinstance(action, argparse.BooleanOptionalAction):  # --n4 / --no-n4
+            argv += [action.option_strings[0] if value else action.option_strings[1]]
         elif value is not None:
             argv += [flag, *(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))]
     return argv

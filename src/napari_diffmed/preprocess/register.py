@@ -56,8 +56,8 @@ def affine(template: np.ndarray, template_spacing: Sequence[float], scan: np.nda
     """Affine transform (template point -> scan point) and its final Mattes MI (lower is better).
 
     The fit starts from the foregrounds' centres, tries every axis order and flip when ``search``
-    (storage order unknown), then refines a similarity transform (at 8 and 4 mm) and an affine one (4 and
-    2 mm). ``template_mask`` restricts the metric to the template's brain and a margin, so that a skull in
+    (storage order unknown; the three best by MI at 8 mm are refined and the best kept), then refines a
+    similarity transform (at 8 and 4 mm) and an affine one (4 and 2 mm). ``template_mask`` restricts the metric to the template's brain and a margin, so that a skull in
     the scan is not pulled onto the template's brain."""
     import SimpleITK as sitk
 
@@ -70,7 +70,7 @@ def affine(template: np.ndarray, template_spacing: Sequence[float], scan: np.nda
     coarse = [max(1, int(round(8.0 / s))) for s in fixed.GetSpacing()]
     f_small, m_small = sitk.Shrink(fixed, coarse), sitk.Shrink(moving, [max(1, int(round(8.0 / s)))
                                                                         for s in moving.GetSpacing()])
-    best, best_value = None, np.inf
+    scored = []
     for m in orientations(search):
         tx = sitk.AffineTransform(3)
         tx.SetCenter(tuple(c_fixed))
@@ -78,13 +78,18 @@ def affine(template: np.ndarray, template_spacing: Sequence[float], scan: np.nda
         tx.SetTranslation(tuple(c_moving - c_fixed))
         reg = _method(sampling=0.5, seed=seed)
         reg.SetInitialTransform(tx, inPlace=False)
-        value = reg.MetricEvaluate(f_small, m_small)
-        if value < best_value:
-            best, best_value = tx, value
+        scored.append((reg.MetricEvaluate(f_small, m_small), len(scored), tx))
+    fixed_level, moving_level = _near(fixed, 2.0), _near(moving, 2.0)
+    fits = [_refine(tx, fixed_level, moving_level, mask, seed) for _, _, tx in sorted(scored)[:3 if search else 1]]
+    return min(fits, key=lambda fit: fit[1])  # of the three best starts, when the storage order is unknown
+
+
+def _refine(start, fixed_level, moving_level, mask, seed: int):
+    """A similarity, then an affine fit from ``start``; returns the affine transform and its final MI."""
+    import SimpleITK as sitk
+
     stages = [("similarity", sitk.Similarity3DTransform()), ("affine", sitk.AffineTransform(3))]
-    current = best
-    fixed_level = _near(fixed, 2.0)
-    moving_level = _near(moving, 2.0)
+    current = start
     voxels = np.prod(fixed_level.GetSize())
     for name, kind in stages:  # about 6000 metric samples per level
         shrinks = [2, 1] if name == "affine" else [4, 2]
@@ -97,8 +102,7 @@ def affine(template: np.ndarray, template_spacing: Sequence[float], scan: np.nda
         reg.SetShrinkFactorsPerLevel(shrinks)
         reg.SetSmoothingSigmasPerLevel([2.0 * f for f in shrinks])
         reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-        init = _as(kind, current)
-        reg.SetInitialTransform(init, inPlace=False)
+        reg.SetInitialTransform(_as(kind, current), inPlace=False)
         out = reg.Execute(fixed_level, moving_level)
         current = sitk.CompositeTransform(out).GetNthTransform(0) if out.GetName() == "CompositeTransform" else out
         current = _as(sitk.AffineTransform(3), current)

@@ -25,8 +25,8 @@ def iter_task(
     indices: Sequence[int] | None = None, mask: np.ndarray | None = None, metadata: dict | None = None,
 ) -> Generator[Progress, None, Any]:
     """Check ``image`` against ``card.domain`` (warn, or refuse unless ``force``), run ``make`` on it or on
-    its template-space version, and return the task's result on the scan's grid with ``domain`` (and
-    ``preprocess``) in its provenance."""
+    its template-space version, and return the task's result on the scan's grid with the findings (if any)
+    as ``domain`` and the preprocessing record as ``preprocess`` in its provenance."""
     from ..domain import check_scan, report
 
     if task not in TASKS:
@@ -42,7 +42,8 @@ def iter_task(
                                  preprocessed=settings is not None) + notes, force, stacklevel=5)
     if settings is None:
         result = yield from make(image, spacing, axis, indices, mask)
-        result.provenance["domain"] = findings
+        if findings:  # none found: the provenance stays what the task itself records
+            result.provenance["domain"] = findings
         return result
     yield Progress(0, 1, None, "bringing the scan onto the model's template")
     model_scan, tf = to_model_space(arr, spacing, card, settings, force=force)
@@ -61,7 +62,9 @@ def iter_task(
     result = yield from _no_previews(gen)
     chosen = selection(arr.shape, axis, indices) if card.spatial_dims == 2 else np.ones(arr.shape, bool)
     back = RESTORE[task](result, tf, arr, chosen & tf.inside(), mask, axis)
-    back.provenance.update(domain=findings, preprocess={**tf.record, "model_slices": model_indices})
+    back.provenance["preprocess"] = {**tf.record, "model_slices": model_indices}
+    if findings:
+        back.provenance["domain"] = findings
     return back
 
 

@@ -128,7 +128,7 @@ def test_the_widget_refuses_then_marks_a_forced_run(make_napari_viewer, run_widg
     widget = SegmentationWidget(viewer)
     widget.model_file.value = str(domain_model)
     widget.members.value, widget.steps.value = 1, 2
-    widget.first.value, widget.last.value = 40, 40
+    widget.first.value, widget.stop.value = 40, 41
     widget.device.value = "cpu"
     with qtbot.capture_exceptions() as caught:  # the job's error reaches the user as a notification
         worker = widget.run()

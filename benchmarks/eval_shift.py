@@ -208,7 +208,7 @@ def sys_path_benchmarks() -> None:
 def markdown(rows: list[dict]) -> str:
     """One table per task: per shift, the baseline, the model as it is and with preprocessing (the median
     over slabs for segmentation), and the registration's similarity."""
-    names = {"segmentation": "white-matter Dice (median of the slabs; higher is better)",
+    names = {"segmentation": "white-matter Dice (median, here the mean, of the two slabs; higher is better)",
              "anomaly": "pixel AUROC (higher is better)",
              "inpainting": "MAE inside the mask, fraction of the intensity range (lower is better)"}
     baselines = {"segmentation": "multi-Otsu", "anomaly": "median-filter residual", "inpainting": "ring-mean fill"}

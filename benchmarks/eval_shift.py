@@ -108,6 +108,14 @@ def segmentation_rows(shifts, members: int, stride: int) -> list[dict]:
     return rows
 
 
+def shifted_case(base, shift: str):
+    """A lesion case's scan, spacing, lesion mask and brain mask under ``shift``."""
+    scan, spacing = shift_volume(base.scan, shift)
+    reference = shift_volume(base.reference.astype(np.uint8), shift, "labels")[0] > 0
+    brain = shift_volume(base.brain.astype(np.float32), shift, "map")[0] > 0.5
+    return scan, spacing, reference, brain
+
+
 def anomaly_rows(shifts, stride: int) -> list[dict]:
     from napari_diffmed.anomaly import _load, anomaly_map
     from napari_diffmed.evaluation.anomaly import LesionCases, auroc, make_lesion_cases, median_filter_heatmap
@@ -116,9 +124,7 @@ def anomaly_rows(shifts, stride: int) -> list[dict]:
     model = _load(None, "cpu")
     rows = []
     for shift in shifts:
-        scan, spacing = shift_volume(base.scan, shift)
-        reference = shift_volume(base.reference.astype(np.uint8), shift, "labels")[0] > 0
-        brain = shift_volume(base.brain.astype(np.float32), shift, "map")[0] > 0.5
+        scan, spacing, reference, brain = shifted_case(base, shift)
         cases = LesionCases(scan, reference, brain, base.indices, spacing)
         region = cases.region()
         row = {"task": "anomaly", "shift": shift,
@@ -147,9 +153,7 @@ def ablation_rows(shifts, stride: int) -> list[dict]:
     model = _load(None, "cpu")
     rows = []
     for shift in shifts:
-        scan, spacing = shift_volume(base.scan, shift)
-        reference = shift_volume(base.reference.astype(np.uint8), shift, "labels")[0] > 0
-        brain = shift_volume(base.brain.astype(np.float32), shift, "map")[0] > 0.5
+        scan, spacing, reference, brain = shifted_case(base, shift)
         region = np.zeros(brain.shape, bool)
         region[base.indices] = True
         region &= brain

@@ -95,7 +95,14 @@ def test_cancel_stops_the_server_job_within_one_step_and_adds_no_layer(make_napa
     viewer, widget = synthesis_widget(make_napari_viewer, steps=400)
     on_server(widget, remote_server)
     worker = widget.run()
-    worker.yielded.connect(lambda e: e.done >= 2 and widget.cancel_button.changed.emit(True))
+    clicked = []
+
+    def click_cancel_once(event) -> None:  # a person clicks Cancel once, at the second step
+        if event.done >= 2 and not clicked:
+            clicked.append(event.done)
+            widget.cancel_button.changed.emit(True)
+
+    worker.yielded.connect(click_cancel_once)
     qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=60_000)
     auth = {"Authorization": f"Bearer {token}"}
 

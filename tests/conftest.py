@@ -8,6 +8,15 @@ import pytest
 
 os.environ.setdefault("NAPARI_DIFFMED_MODELS", "")
 
+try:  # CI explores the same examples every run (reproducible); elsewhere hypothesis draws new ones
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+    if os.environ.get("CI"):
+        _hypothesis_settings.load_profile("ci")
+except ImportError:  # pragma: no cover - hypothesis comes with the [test] extra
+    pass
+
 
 def _save_tiny(tmp_path_factory, card_kwargs: dict, seed: int = 0):
     import torch

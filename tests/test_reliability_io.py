@@ -103,6 +103,9 @@ def _saved(path, data, affine=None, sform=None):
     ("flat_sform.nii", lambda p: _saved(p, np.ones((4, 4, 4), np.float32),
                                         sform=[[1, 0, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]]),
      "affine .* is singular"),
+    ("degenerate_2d.nii", lambda p: _saved(p, np.ones((2, 2), np.float32),  # found by test_fuzz_nifti
+                                           sform=[[1, 0, 0, 0], [-4, 0, -1, 0], [4, 1, -2, 0]]),
+     "onto fewer than 2 of the world axes shown"),
     ("rgb.nii", lambda p: _saved(p, np.zeros((4, 4, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])),
      "RGB/RGBA colour voxels .* are not supported"),
     ("complex.nii.gz", lambda p: _saved(p, np.full((4, 4, 4), 1 + 2j, np.complex64)),

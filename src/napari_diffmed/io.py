@@ -86,6 +86,9 @@ def image_to_layer_data(img, name: str = "image", as_labels: bool | None = None)
     sub = napari_affine[np.ix_(idx, idx)]
     linear = sub[:-1, :-1]
     spacing = np.sqrt((linear**2).sum(axis=0))
+    if not np.all(spacing > 0) or abs(np.linalg.det(linear)) <= 1e-6 * float(np.prod(spacing)):
+        raise ValueError(f"{name}: the affine maps the image's axes {tuple(int(n) for n in data.shape[lead:])} "
+                         f"onto fewer than {len(keep)} of the world axes shown; the file's geometry is degenerate")
     oblique = not np.allclose(linear, np.diag(np.diag(linear)), atol=1e-6 * max(1.0, spacing.max()))
     img = source
     header = img.header

@@ -140,3 +140,22 @@ def test_the_widget_refuses_then_marks_a_forced_run(make_napari_viewer, run_widg
     assert widget.result is not None and "contrast" in widget.prep.mark.value
     assert widget.prep.mark.value.startswith("\u26a0")
     del worker
+
+
+@pytest.mark.gui
+def test_the_registered_preview_is_shown_without_taking_the_widgets_scan(make_napari_viewer, qtbot, domain_model,
+                                                                         scans):
+    from napari_diffmed._qt.segmentation import SegmentationWidget
+
+    t1, _, spacing = scans
+    viewer = make_napari_viewer()
+    viewer.add_image(t1, name="T1", scale=spacing, metadata={"spacing": spacing})
+    widget = SegmentationWidget(viewer)
+    widget.model_file.value = str(domain_model)
+    chosen = (widget.image.value, widget.first.value, widget.stop.value)
+    worker = widget.prep.preview()
+    qtbot.waitUntil(lambda: widget.prep.worker is None, timeout=120_000)
+    assert "T1 registered" in [layer.name for layer in viewer.layers]
+    assert widget.prep.mark.value.startswith("registered to")
+    assert (widget.image.value, widget.first.value, widget.stop.value) == chosen  # Run still segments the scan
+    del worker

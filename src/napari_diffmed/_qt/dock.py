@@ -9,7 +9,8 @@ from napari.layers import Image
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QDockWidget
 
-MADE_HERE = ("provenance", "preview")  # metadata keys of the layers this plugin adds (results, previews)
+MADE_HERE = ("provenance", "preview", "preprocess")  # metadata keys of the layers this plugin adds (results,
+# running previews, the registered-scan preview and its template)
 
 
 def short_tab_title(widget, title: str) -> None:

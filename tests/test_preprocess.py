@@ -141,6 +141,8 @@ def test_the_command_line_preprocesses_and_writes_on_the_scan_grid(head, tmp_pat
     assert labels.shape == scan.T.shape and np.allclose(labels.affine, np.diag([*spacing, 1.0]))
     record = json.loads((tmp_path / "out" / "head_segment.json").read_text())
     assert record["preprocess"]["stages"]["skull"]["stripped"] and "n4" not in record["preprocess"]["stages"]
+    assert record["slices"] == [30, 31] and record["axis"] == 0  # the scan's slices, not the
+    assert record["preprocess"]["model_slices"] != [30, 31]  # template's slices
     entropy = np.asarray(nib.load(str(tmp_path / "out" / "head_seg_entropy.nii.gz")).dataobj).T
     assert not entropy[:30].any() and not entropy[32:].any()  # only the chosen slices, on the scan's grid
 

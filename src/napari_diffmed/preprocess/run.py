@@ -63,6 +63,9 @@ def iter_task(
     chosen = selection(arr.shape, axis, indices) if card.spatial_dims == 2 else np.ones(arr.shape, bool)
     back = RESTORE[task](result, tf, arr, chosen & tf.inside(), mask, axis)
     back.provenance["preprocess"] = {**tf.record, "model_slices": model_indices}
+    if back.provenance.get("slices"):  # the scan's slices and axis; the template's are under "preprocess"
+        back.provenance["slices"] = sorted({int(i) for i in (range(arr.shape[axis]) if indices is None else indices)})
+        back.provenance["axis"] = axis
     if findings:
         back.provenance["domain"] = findings
     return back

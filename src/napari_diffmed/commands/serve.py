@@ -51,9 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.ssl_certfile is None) != (args.ssl_keyfile is None):
         raise ValueError("give both --ssl-certfile and --ssl-keyfile for https, or neither")
     try:
-        import uvicorn
-
-        from ..server.app import create_app
+        from ..server.app import create_app, serve
     except ModuleNotFoundError as err:
         raise ValueError(f"serve needs the server extra ({err.name} is missing): "
                          "pip install 'napari-diffmed[server]'") from None
@@ -61,6 +59,5 @@ def run(args: argparse.Namespace) -> int:
     scheme = "https" if args.ssl_certfile else "http"
     print(f"napari-diffmed serve: {scheme}://{args.host}:{args.port} on {app.state.queue.server_info['device']}, "
           f"{'token required' if token else 'no token (this machine only)'}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, ssl_certfile=args.ssl_certfile,
-                ssl_keyfile=args.ssl_keyfile, timeout_graceful_shutdown=5)
+    serve(app, config, log_level=args.log_level, ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     return 0

@@ -20,6 +20,7 @@ import secrets
 import time
 from typing import Any
 
+import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -204,3 +205,10 @@ def create_app(config: ServerConfig, preload: tuple[str, ...] = ()) -> FastAPI:
 
 def _sse(kind: str, data: dict[str, Any]) -> str:
     return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
+def serve(app: FastAPI, config: ServerConfig, log_level: str = "info", ssl_certfile: str | None = None,
+          ssl_keyfile: str | None = None) -> None:
+    """Run ``app`` on uvicorn at the config's host and port until stopped (https with both files)."""
+    uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=5)

@@ -35,12 +35,9 @@ def augmentation(keys: tuple[str, ...], spatial_dims: int, label_keys: tuple[str
             T.RandGaussianSmoothd(keys=("image",), prob=0.2, sigma_x=(0.25, 1.2), sigma_y=(0.25, 1.2),
                                   sigma_z=(0.25, 1.2)),
             T.RandBiasFieldd(keys=("image",), prob=0.6, coeff_range=(0.0, 0.5)),
-            T.RandAdjustContrastd(keys=("image",), prob=0.6, gamma=(0.5, 2.0)),
+            T.RandAdjustContrastd(keys=("image",), prob=0.6, gamma=(0.6, 1.7)),
             T.RandGibbsNoised(keys=("image",), prob=0.1, alpha=(0.0, 0.6)),
             T.RandGaussianNoised(keys=("image",), prob=0.4, mean=0.0, std=0.06),
-            # inference normalises every scan by its percentiles (the card's rule): so does training here
-            T.ScaleIntensityRangePercentilesd(keys=("image",), lower=0.5, upper=99.5, b_min=0.0, b_max=1.0,
-                                              clip=True),
         ]
     else:
         intensity = [

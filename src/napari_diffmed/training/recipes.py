@@ -11,7 +11,7 @@ from .datasets import Batches, GridData, template_slices, template_volume
 from .loop import TrainConfig, TrainState, train
 from .templates import load_mni152
 
-DOMAIN_STEPS = 1500
+DOMAIN_STEPS = 1000
 SCHEDULER = {"name": "DDPMScheduler", "num_train_timesteps": 1000, "schedule": "linear_beta", "clip_sample": True}
 
 
@@ -154,7 +154,7 @@ def train_stage(name: str, out_dir: str | Path, config: TrainConfig, init: str |
         card.training["stages"] = [
             {"steps": recipe.config.steps, "augmentation": "affine, elastic, mild bias field and gamma"},
             {"steps": config.steps, "augmentation": "domain randomisation (training.augment, domain=True): "
-             "wider affine, elastic, bias field, gamma 0.5-2, intensity scale, noise, blur, lost resolution, "
+             "wider affine, elastic, bias field, gamma 0.6-1.7, intensity scale, noise, blur, lost resolution, "
              "Gibbs ringing", "init": "the first stage's weights"}]
     if recipe.kind == "segmentation":
         card.training["threshold_band"] = list(recipe.threshold_band)

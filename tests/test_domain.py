@@ -159,3 +159,28 @@ def test_the_registered_preview_is_shown_without_taking_the_widgets_scan(make_na
     assert widget.prep.mark.value.startswith("registered to")
     assert (widget.image.value, widget.first.value, widget.stop.value) == chosen  # Run still segments the scan
     del worker
+
+
+@pytest.mark.parametrize("name", ["mni_t1_axial_64", "mni_t1_axial_64_v", "mni_wm_seg_96", "mni_t1_volume_32"])
+def test_a_recipe_writes_the_domain_its_shipped_card_carries(name, tmp_path, monkeypatch):
+    """The card a recipe's training hands to the loop (which writes it beside the weights) passes the schema
+    and records the same domain as the shipped card, computed from the template rather than copied."""
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    import napari_diffmed.models
+    from napari_diffmed.models import ModelCard
+    from napari_diffmed.training import recipes
+    from napari_diffmed.training.datasets import GridData
+    from napari_diffmed.training.loop import TrainState
+
+    seen = {}
+    monkeypatch.setattr(recipes, "train", lambda card, *a, **k: seen.update(card=card) or TrainState(0, [], []))
+    few = GridData(np.zeros((2, 8, 8), np.float32), np.zeros((2, 8, 8), np.float32), np.array([False, True]),
+                   (2.0, 2.0))  # the loop is not run: the images do not matter, only what the card says
+    monkeypatch.setitem(recipes.RECIPES, name, replace(recipes.RECIPES[name], data=lambda: few))
+    recipes.train_default(name, tmp_path, steps=1, log=lambda m: None)
+    written = ModelCard.from_dict(json.loads(seen["card"].to_json()))  # the schema's checks
+    shipped = json.loads((Path(napari_diffmed.models.__file__).parent / "weights" / f"{name}.json").read_text())
+    assert written.domain == shipped["domain"] and written.domain["template"] == "MNI152NLin2009aSym"

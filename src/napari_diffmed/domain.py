@@ -99,6 +99,26 @@ def check_scan(
     return found
 
 
+def describe(volume: np.ndarray, spacing: Sequence[float], *, template: str | None, space: str | None,
+             plane: str | None, modality: str = "T1", skull: bool = False, resolution_mm: int | None = None
+             ) -> dict[str, Any]:
+    """The ``domain`` a model card records for training scans like ``volume`` (napari order, ``spacing`` mm):
+    what :func:`check_scan` compares a scan with (contrast signature, spacing, field of view, brain extent
+    and volume) beside what the training says (template and its resolution, space, plane, modality, skull)."""
+    from .preprocess.images import foreground
+    from .preprocess.intensity import contrast_signature
+
+    vol = np.asarray(volume, dtype=np.float32)
+    sp = np.asarray([float(s) for s in spacing])
+    fg = foreground(vol)
+    extent = [float((np.ptp(np.flatnonzero(fg.any(axis=tuple(j for j in range(3) if j != i)))) + 1) * sp[i])
+              for i in range(3)]
+    return {"template": template, "template_resolution_mm": resolution_mm, "space": space, "plane": plane,
+            "modality": modality, "contrast": contrast_signature(vol), "spacing_mm": sp.tolist(),
+            "fov_mm": (np.asarray(vol.shape) * sp).tolist(), "brain_extent_mm": extent,
+            "brain_volume_ml": round(float(fg.sum() * np.prod(sp) / 1000.0), 1), "skull": bool(skull)}
+
+
 def report(findings: list[dict[str, Any]], force: bool = False, stacklevel: int = 3) -> list[dict[str, Any]]:
     """Warn (:class:`DomainWarning`) about each finding; raise :class:`OutOfDomainError` for the first one
     that refuses, unless ``force``. Returns the findings (for the provenance)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -12,6 +14,8 @@ from .loop import TrainConfig, TrainState, train
 from .templates import load_mni152
 
 DOMAIN_STEPS = 1000
+TEMPLATE = "MNI152NLin2009aSym"  # the name preprocess/ looks up (nilearn's MNI152 2009a symmetric)
+SPACE = "MNI152 2009a symmetric, 1 mm, as nilearn ships it (RAS; napari axes z, y, x = I-S, P-A, L-R)"
 SCHEDULER = {"name": "DDPMScheduler", "num_train_timesteps": 1000, "schedule": "linear_beta", "clip_sample": True}
 
 
@@ -104,6 +108,31 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def template_domain(card: ModelCard) -> dict:
+    """The card's ``domain`` (what :func:`napari_diffmed.domain.check_scan` compares scans with and where
+    preprocessing takes them) for a model trained on the 1 mm template, computed from that training data."""
+    return copy.deepcopy(_template_domain(card.slice_axis if card.spatial_dims == 2 else None))
+
+
+@functools.lru_cache(maxsize=4)
+def _template_domain(plane: str | None) -> dict:
+    from ..domain import describe
+
+    template = load_mni152(1)
+    return describe(template.t1, template.spacing, template=TEMPLATE, space=SPACE, resolution_mm=1, plane=plane,
+                    modality="T1", skull=False)
+
+
+def recipe_card(name: str) -> ModelCard:
+    """The card a recipe trains into (before training fills ``training`` and ``metrics``): its
+    architecture, scheduler and description, and the training data's ``domain``."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown default model {name!r}; choose one of {sorted(RECIPES)}")
+    card = RECIPES[name].card()
+    card.domain = template_domain(card)
+    return card
+
+
 def train_default(name: str, out_dir: str | Path, steps: int | None = None, resume: bool = True,
                   device: str = "auto", log=print, init: str | Path | None = None) -> TrainState:
     """Train (or resume) one shipped model into ``out_dir/NAME.safetensors`` + card; ``init`` starts
@@ -139,7 +168,7 @@ def train_stage(name: str, out_dir: str | Path, config: TrainConfig, init: str |
                       threshold_band=recipe.threshold_band, domain=domain)
     val = next(Batches(held, min(32, 4 * config.batch_size), recipe.kind, recipe.lesion_prob,
                        seed=config.seed + 1, augment=False, threshold_band=recipe.threshold_band))
-    card = recipe.card()
+    card = recipe_card(name)
     card.training = {
         "command": command,
         "data": "nilearn MNI152 2009a symmetric templates (T1"

@@ -13,18 +13,26 @@ baseline on the same shifted scan:
 - anomaly (mni_t1_axial_64, defaults): pixel AUROC of the heatmap for planted held-out-style lesions on the
   evaluation slab, and of the median-filter residual;
 - inpainting (mni_t1_axial_64, fast, 1 proposal): mean absolute error inside a masked blob (fraction of the
-  scan's 0.5-99.5 percentile range) against the scan itself, and of filling with the mean of a ring around it.
+  scan's 0.5-99.5 percentile range) against the scan itself, and of filling with the mean of a ring around it;
+- routes (no network): what the way back alone costs the white-matter Dice (see :func:`route_rows`).
 
-Reduced configuration (to fit about 15 minutes of one core on a quiet machine): every fourth slab slice,
-4 members, one lesion case. ``--write docs/generalisation.json`` keeps the table.
+The documented configuration (the tables in docs/generalisation.md): every fourth slab slice (3 of each
+12-slice slab), 4 members, one lesion case, all seven shifts. ``--quick`` scores one slice per slab (stride
+12) under three shifts (none, bias, noise; ``--shifts`` overrides), for a check in a few minutes. ``--model
+PATH`` (``NAME.safetensors`` with its ``NAME.json``) evaluates a candidate exactly as the shipped model is
+evaluated: the segmentation table for a segmentation model, the anomaly, inpainting and ablation tables for
+an image model; a candidate card without a ``domain`` (written before the recipes recorded it) borrows the
+shipped card's of the same name, and the rows say so. Every row names the model it scored.
 
-    OMP_NUM_THREADS=1 python benchmarks/eval_shift.py --tasks segmentation anomaly inpainting
+    OMP_NUM_THREADS=1 python benchmarks/eval_shift.py --tasks segmentation --write seg.json
+    OMP_NUM_THREADS=1 python benchmarks/eval_shift.py --tasks segmentation --quick --model run/mni_wm_seg_96.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 
@@ -32,6 +40,7 @@ import numpy as np
 from scipy import ndimage
 
 SHIFTS = ("none", "bias", "gamma", "noise", "lowres", "rotation", "storage")
+QUICK_SHIFTS = ("none", "bias", "noise")
 
 
 def shift_volume(volume: np.ndarray, name: str, kind: str = "image", seed: int = 0) -> tuple[np.ndarray, tuple]:
@@ -67,16 +76,40 @@ def settings_for(shift: str):
     return PreprocessSettings(oriented=shift != "storage")
 
 
-def segmentation_rows(shifts, members: int, stride: int) -> list[dict]:
+def load(path: str | None, task: str):
+    """The model a table scores: the shipped default for ``task``, or the candidate at ``path`` (a card
+    without a ``domain`` borrows the shipped card's of its name, so that preprocessing runs as it will)."""
+    from napari_diffmed import anomaly, ensemble, inpainting
+    from napari_diffmed.models import get_model
+
+    loader = {"segmentation": ensemble.segmentation_model, "anomaly": anomaly._load,
+              "inpainting": inpainting.image_model}[task]  # each task's own default and checks
+    loaded = loader(path, "cpu")
+    if path is not None and not loaded.card.domain:
+        loaded.card.domain = dict(get_model(loaded.card.name, device="cpu").card.domain)
+        loaded.card.training = {**loaded.card.training, "domain_from": "the shipped card (eval_shift)"}
+        print(f"eval_shift: {path}: the card has no domain; using the shipped {loaded.card.name}'s", file=sys.stderr)
+    return loaded
+
+
+def named(loaded) -> dict:
+    """What every row records about the model it scored."""
+    row = {"model": loaded.model_id}
+    if "domain_from" in loaded.card.training:
+        row["domain_from"] = loaded.card.training["domain_from"]
+    return row
+
+
+def segmentation_rows(shifts, members: int, stride: int, model_path: str | None = None) -> list[dict]:
     from napari_diffmed.anomaly import foreground_mask
-    from napari_diffmed.ensemble import segment_ensemble, segmentation_model
+    from napari_diffmed.ensemble import segment_ensemble
     from napari_diffmed.evaluation.segmentation import dice, multi_otsu_wm
     from napari_diffmed.training.templates import load_mni152
 
     sys_path_benchmarks()
     from eval_segmentation import slabs
 
-    template, model = load_mni152(1), segmentation_model(None, "cpu")
+    template, model = load_mni152(1), load(model_path, "segmentation")
     brain0 = foreground_mask(template.t1)
     rows = []
     for shift in shifts:
@@ -96,13 +129,59 @@ def segmentation_rows(shifts, members: int, stride: int) -> list[dict]:
             region &= brain
             otsu = np.zeros(brain.shape, np.uint8)
             otsu[idx] = multi_otsu_wm(scan[idx], brain[idx])
-            row = {"task": "segmentation", "shift": shift, "slab": f"{idx[0]}-{idx[-1]}",
-                   "baseline": round(dice(otsu, reference, region), 4)}
+            row = {"task": "segmentation", "shift": shift, "slab": f"{idx[0]}-{idx[-1]}", **named(model),
+                   "members": members, "stride": stride, "baseline": round(dice(otsu, reference, region), 4)}
             for label in ("raw", "preprocessed"):
                 result = runs[label]
                 row[label] = round(dice(result.labels(), reference, region & result.covered), 4)
                 row[f"{label}_seconds (both slabs)"] = runs[f"{label}_seconds"]
             row["similarity"] = runs["preprocessed"].provenance["preprocess"]["similarity"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def route_rows(shifts, stride: int) -> list[dict]:
+    """White-matter Dice of the ideal member (the map on the model's grid, what the model is trained to give)
+    taken back to the scan by each route, thresholded at 0.5: what the pipeline alone costs."""
+    from napari_diffmed.anomaly import foreground_mask
+    from napari_diffmed.ensemble import segmentation_model
+    from napari_diffmed.evaluation.segmentation import dice
+    from napari_diffmed.preprocess import to_model_space
+    from napari_diffmed.training.templates import load_mni152
+    from napari_diffmed.volumes import prepare
+
+    sys_path_benchmarks()
+    from eval_segmentation import slabs
+
+    template, card = load_mni152(1), segmentation_model(None, "cpu").card
+    chosen = [slab[::stride] for slab in slabs(1)]
+    every = np.concatenate(chosen)
+    rows = []
+    for shift in shifts:
+        scan, spacing = shift_volume(template.t1, shift)
+        wm = shift_volume(template.wm, shift, "map")[0]
+        brain = shift_volume(foreground_mask(template.t1).astype(np.float32), shift, "map")[0] > 0.5
+        raw = prepare(scan, spacing, card, 0, every)
+        ideal = np.clip(raw.grid.to_model(wm[every], cval=0.0), 0, 1)
+        on_scan = {"raw, linear then threshold": raw.grid.from_model(ideal, cval=0.0) > 0.5,
+                   "raw, threshold then nearest": raw.grid.from_model((ideal > 0.5).astype(np.float32), 0) > 0.5}
+        model_scan, tf = to_model_space(scan, spacing, card, settings_for(shift), force=True)
+        slices = tf.model_slices(0, every)
+        pre = prepare(model_scan, tf.model_spacing, card, 0, slices)
+        ideal = np.clip(pre.grid.to_model(template.wm[slices], cval=0.0), 0, 1)
+        linear = np.zeros(template.wm.shape, np.float32)
+        linear[slices] = pre.grid.from_model(ideal, cval=0.0)
+        on_scan["preprocessed, linear twice then threshold"] = tf.back(linear, "map")[every] > 0.5
+        on_scan["preprocessed, threshold then nearest"] = tf.back((linear > 0.5).astype(np.uint8), "labels")[every] > 0
+        for idx in chosen:
+            region = np.zeros(brain.shape, bool)
+            region[idx] = True
+            row = {"task": "routes", "shift": shift, "slab": f"{idx[0]}-{idx[-1]}"}
+            for name, labels in on_scan.items():
+                full = np.zeros(brain.shape, bool)
+                full[every] = labels
+                row[name] = round(dice(full, wm > 0.5, region & brain), 4)
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -116,18 +195,18 @@ def shifted_case(base, shift: str):
     return scan, spacing, reference, brain
 
 
-def anomaly_rows(shifts, stride: int) -> list[dict]:
-    from napari_diffmed.anomaly import _load, anomaly_map
+def anomaly_rows(shifts, stride: int, model_path: str | None = None) -> list[dict]:
+    from napari_diffmed.anomaly import anomaly_map
     from napari_diffmed.evaluation.anomaly import LesionCases, auroc, make_lesion_cases, median_filter_heatmap
 
     base = make_lesion_cases("evaluation", 1, seed=0, stride=stride)
-    model = _load(None, "cpu")
+    model = load(model_path, "anomaly")
     rows = []
     for shift in shifts:
         scan, spacing, reference, brain = shifted_case(base, shift)
         cases = LesionCases(scan, reference, brain, base.indices, spacing)
         region = cases.region()
-        row = {"task": "anomaly", "shift": shift,
+        row = {"task": "anomaly", "shift": shift, **named(model), "stride": stride,
                "baseline": round(auroc(median_filter_heatmap(cases, model.card), reference, region), 4)}
         for label, pre in (("raw", None), ("preprocessed", settings_for(shift))):
             start = time.perf_counter()
@@ -142,15 +221,15 @@ def anomaly_rows(shifts, stride: int) -> list[dict]:
     return rows
 
 
-def ablation_rows(shifts, stride: int) -> list[dict]:
+def ablation_rows(shifts, stride: int, model_path: str | None = None) -> list[dict]:
     """Anomaly AUROC with preprocessing less one stage: what each stage adds."""
     from dataclasses import replace
 
-    from napari_diffmed.anomaly import _load, anomaly_map
+    from napari_diffmed.anomaly import anomaly_map
     from napari_diffmed.evaluation.anomaly import auroc, make_lesion_cases
 
     base = make_lesion_cases("evaluation", 1, seed=0, stride=stride)
-    model = _load(None, "cpu")
+    model = load(model_path, "anomaly")
     rows = []
     for shift in shifts:
         scan, spacing, reference, brain = shifted_case(base, shift)
@@ -158,7 +237,7 @@ def ablation_rows(shifts, stride: int) -> list[dict]:
         region[base.indices] = True
         region &= brain
         full = settings_for(shift)
-        row = {"task": "ablation", "shift": shift}
+        row = {"task": "ablation", "shift": shift, **named(model)}
         for label, pre in (("without N4", replace(full, n4=False)), ("without registration", replace(
                 full, register="none")), ("without intensity matching", replace(full, standardise=False))):
             result = anomaly_map(scan, spacing, indices=base.indices, model=model, device="cpu", preprocess=pre,
@@ -169,12 +248,12 @@ def ablation_rows(shifts, stride: int) -> list[dict]:
     return rows
 
 
-def inpainting_rows(shifts) -> list[dict]:
+def inpainting_rows(shifts, model_path: str | None = None) -> list[dict]:
     from napari_diffmed.evaluation.anomaly import held_out_slabs
     from napari_diffmed.inpainting import inpaint
     from napari_diffmed.training.templates import load_mni152
 
-    template = load_mni152(1)
+    template, model = load_mni152(1), load(model_path, "inpainting")
     slab = held_out_slabs()["evaluation"]
     centre = np.array([slab[len(slab) // 2], 140, 70])  # in the white matter of the left hemisphere
     zz, yy, xx = np.ogrid[tuple(slice(0, n) for n in template.t1.shape)]
@@ -186,11 +265,12 @@ def inpainting_rows(shifts) -> list[dict]:
         low, high = np.percentile(scan, [0.5, 99.5])
         ring = ndimage.binary_dilation(mask, iterations=3) & ~mask
         ring_fill = np.where(mask, scan[ring].mean(), scan)
-        row = {"task": "inpainting", "shift": shift,
+        row = {"task": "inpainting", "shift": shift, **named(model),
                "baseline": round(float(np.abs(ring_fill - scan)[mask].mean() / (high - low)), 4)}
         for label, pre in (("raw", None), ("preprocessed", settings_for(shift))):
             start = time.perf_counter()
-            result = inpaint(scan, mask, spacing, proposals=1, mode="fast", device="cpu", preprocess=pre, force=True)
+            result = inpaint(scan, mask, spacing, model=model, proposals=1, mode="fast", device="cpu",
+                             preprocess=pre, force=True)
             row[label] = round(float(np.abs(result.mean - scan)[mask].mean() / (high - low)), 4)
             row[f"{label}_seconds"] = round(time.perf_counter() - start, 1)
             if pre is not None:
@@ -247,26 +327,47 @@ def markdown(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["segmentation", "anomaly", "inpainting"],
-                        choices=("segmentation", "anomaly", "inpainting", "ablation"))
-    parser.add_argument("--shifts", nargs="+", default=list(SHIFTS), choices=SHIFTS)
+                        choices=("segmentation", "anomaly", "inpainting", "ablation", "routes"))
+    parser.add_argument("--shifts", nargs="+", default=None, choices=SHIFTS, help="default: all (--quick: "
+                        + ", ".join(QUICK_SHIFTS) + ")")
     parser.add_argument("--members", type=int, default=4)
-    parser.add_argument("--stride", type=int, default=4, help="score every stride-th slab slice")
+    parser.add_argument("--stride", type=int, default=None, help="score every stride-th slab slice (default 4; "
+                        "--quick: 12, one slice per slab)")
+    parser.add_argument("--quick", action="store_true", help="a check in minutes, not the documented table")
+    parser.add_argument("--model", default=None, help="a candidate NAME.safetensors (with NAME.json) instead of the "
+                        "shipped model of its task")
     parser.add_argument("--write", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--table", nargs="+", default=None, help="only print the markdown table of these JSON files")
     args = parser.parse_args(argv)
     if args.table:
         print(markdown([row for path in args.table for row in json.load(open(path))]))
         return 0
+    shifts = args.shifts or list(QUICK_SHIFTS if args.quick else SHIFTS)
+    stride = args.stride or (12 if args.quick else 4)
+    paths = {"segmentation": None, "image": None}
+    if args.model is not None:
+        from napari_diffmed.models import ModelCard
+        from napari_diffmed.models.registry import resolve
+
+        task = ModelCard.read(resolve(args.model).with_suffix(".json")).task
+        tasks = [t for t in args.tasks if t != "routes" and (t == "segmentation") == (task == "segmentation")]
+        if not tasks:
+            parser.error(f"--model is a {task!r} model; it scores none of the tasks {args.tasks}")
+        args.tasks, paths[task] = tasks, args.model
     warnings.simplefilter("ignore")  # the domain warnings are the point of the shifts; the figures say the rest
+    start = time.perf_counter()
     rows: list[dict] = []
     if "segmentation" in args.tasks:
-        rows += segmentation_rows(args.shifts, args.members, args.stride)
+        rows += segmentation_rows(shifts, args.members, stride, paths["segmentation"])
     if "anomaly" in args.tasks:
-        rows += anomaly_rows(args.shifts, args.stride)
+        rows += anomaly_rows(shifts, stride, paths["image"])
     if "inpainting" in args.tasks:
-        rows += inpainting_rows(args.shifts)
+        rows += inpainting_rows(shifts, paths["image"])
     if "ablation" in args.tasks:
-        rows += ablation_rows(args.shifts, args.stride)
+        rows += ablation_rows(shifts, stride, paths["image"])
+    if "routes" in args.tasks:
+        rows += route_rows(shifts, stride)
+    print(f"eval_shift: {len(rows)} rows in {time.perf_counter() - start:.0f} s of wall time", file=sys.stderr)
     if args.write:
         with open(args.write, "w") as fh:
             json.dump(rows, fh, indent=1)

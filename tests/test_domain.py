@@ -82,6 +82,9 @@ def test_the_api_warns_with_its_own_category(domain_model, scans):
     with pytest.warns(DomainWarning, match="volume_of_4d"):
         segment_ensemble(t1, (2.0, 2.0, 2.0), model=domain_model, indices=[40],
                          metadata={"source_shape": (95, 117, 99, 30)}, **FAST)
+    with pytest.warns(DomainWarning, match="plane: slicing along axis 1 gives coronal slices"):
+        result = segment_ensemble(t1, (2.0, 2.0, 2.0), model=domain_model, axis=1, indices=[60], **FAST)
+    assert codes(result.provenance["domain"]) == {"plane"}
 
 
 def _save(array_zyx: np.ndarray, path, spacing=2.0):

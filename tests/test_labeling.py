@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from napari_diffmed.ensemble import slice_ranking  # noqa: E402
 from napari_diffmed.labeling import Background, Session, SessionLocked  # noqa: E402
 
 FAST = dict(members=4, steps=3, device="cpu")
@@ -49,6 +50,9 @@ def test_cases_listed_proposed_and_ranked_least_certain_first(session):
     case = session.case("sub0")
     assert case.slices == list(range(5)) and sorted(case.ranking) == sorted(set(case.ranking))
     data = session.load("sub0")
+    votes = data.maps["votes"]  # the score: expected wrong voxels per slice; slices by summed mutual information
+    assert case.score == pytest.approx(np.minimum(votes, 1 - votes).sum() / 5, rel=1e-5)
+    assert case.ranking == slice_ranking(data.maps["mutual_information"]).tolist()
     assert data.labels.shape == data.scan.shape == data.maps["entropy"].shape
     assert (session.case_dir("sub0") / "proposal_labels.nii.gz").exists()
 
@@ -173,14 +177,45 @@ def test_fine_tune_on_accepted_cases_writes_a_model_and_switches(session):
         session.propose(case_id)
         session.accept(case_id)
     messages = []
-    out = drive(iter_finetune(session, FinetuneSettings(steps=4, batch_size=2, eval_slices=2)),
+    out = drive(iter_finetune(session, FinetuneSettings(steps=4, batch_size=2, eval_slices=2, switch="always")),
                 lambda e: messages.append(e.message))
     assert out["held_out"] == "sub1" and out["train_cases"] == ["sub0"] and len(out["losses"]) == 4
-    assert any("loss" in m for m in messages)
+    assert any("loss" in m for m in messages) and out["replay"] is None  # no shipped recipe behind tiny_seg
     card = load_model(out["weights"]).card
     assert card.metrics["labeling"]["dice_before"] == round(out["dice_before"], 4)
     assert card.training["cases"] == ["sub0"] and card.training["init"]["model_id"].startswith("tiny_seg@")
     assert session.settings.model == str(out["weights"]) and session.models[-1]["model"] == str(out["weights"])
+
+
+def test_a_fine_tune_that_scores_worse_on_the_held_out_case_is_not_switched_to(session, monkeypatch):
+    from napari_diffmed.labeling import FinetuneSettings, finetune, iter_finetune
+    from napari_diffmed.models import load_model
+    from napari_diffmed.progress import drive
+
+    for case_id in ("sub0", "sub1"):
+        session.propose(case_id)
+        session.accept(case_id)
+    before = session.settings.model
+    scores = iter([0.80, 0.75])  # the held-out check: before, after
+    monkeypatch.setattr(finetune, "held_out_dice", lambda *a: (next(scores), [0, 1]))
+    out = drive(iter_finetune(session, FinetuneSettings(steps=2, batch_size=2)))
+    assert not out["switched"] and session.settings.model == before
+    assert "keeps tiny_seg (held-out Dice dropped)" in out["message"] and "0.800 -> 0.750" in out["message"]
+    assert load_model(out["weights"]).card.metrics["labeling"]["switched"] is False
+
+
+def test_fine_tuning_a_shipped_model_replays_its_training_slices():
+    from napari_diffmed.labeling.finetune import FinetuneSettings, _batches
+    from napari_diffmed.training.datasets import GridData
+
+    accepted = GridData(np.full((3, 96, 96), 0.5, np.float32), np.ones((3, 96, 96), np.float32),
+                        np.zeros(3, bool), (2.0, 2.0))
+    batches, record = _batches(accepted, "mni_wm_seg_96", (0.3, 0.7), FinetuneSettings(batch_size=4, replay=0.5),
+                               domain=False)
+    assert record["per_batch"] == 2 and record["items"] == 109  # the shipped card's train_items
+    masks, images = next(batches)
+    assert masks.shape == images.shape == (4, 1, 96, 96)
+    assert masks[:2].mean() > 0.5 and masks[2:].mean() < 0  # the accepted slices: foreground; the template's: some
 
 
 def test_a_dicom_series_folder_is_a_case_and_its_labels_land_in_its_space(tmp_path, tiny_seg_model):
@@ -210,3 +245,32 @@ def test_a_dicom_series_folder_is_a_case_and_its_labels_land_in_its_space(tmp_pa
         labels, _, kind = read_nifti(path)
         scan = read_scan(scans / "patient1" / "t1")[0]
         assert kind == "labels" and labels.shape == scan.shape == session.load("patient1__t1").scan.shape
+
+
+def test_proposals_take_the_domain_check_of_segment(tmp_path, tmp_path_factory):
+    """A T2-like scan is refused by a T1 model's domain check, as `napari-diffmed segment` refuses it; with
+    force the proposal is made and records the finding."""
+    from conftest import SCHEDULER, TINY_NET, _save_tiny
+    from test_domain import DOMAIN
+
+    from napari_diffmed.domain import OutOfDomainError
+    from napari_diffmed.io import write_nifti
+    from napari_diffmed.training.templates import load_mni152
+
+    model = _save_tiny(tmp_path_factory, dict(
+        name="tiny_seg_domain", task="segmentation", spatial_dims=2, image_size=[16, 16], spacing=[8.0, 8.0],
+        network=dict(spatial_dims=2, in_channels=2, out_channels=1, **TINY_NET), scheduler=dict(SCHEDULER),
+        condition_channels=1, domain=DOMAIN))
+    t = load_mni152(2)
+    csf = np.clip(1 - t.gm - t.wm, 0, 1) * (t.t1 > 0.01)
+    t2 = ((0.25 * t.wm + 0.5 * t.gm + 1.0 * csf) * (t.t1 > 0.01) * 1000).astype(np.float32)
+    write_nifti(tmp_path / "scans" / "t2.nii.gz", t2, scale=t.spacing)
+    settings = dict(model=str(model), slices="40", preprocess="none", **FAST)
+    with Session(tmp_path / "scans", tmp_path / "out", **settings) as s:
+        with pytest.raises(OutOfDomainError, match="T2, b0 or BOLD"):
+            s.propose("t2")
+        assert s.case("t2").state == "not started"
+    with Session(tmp_path / "scans", tmp_path / "out", force=True) as s, pytest.warns(UserWarning, match="contrast"):
+        s.propose("t2")
+        record = json.loads((s.case_dir("t2") / "proposal.json").read_text())
+        assert "contrast" in {w["code"] for w in record["domain"]} and s.case("t2").state == "proposed"

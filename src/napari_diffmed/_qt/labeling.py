@@ -1,12 +1,8 @@
-"""Plugins > napari-diffmed > Label: a labeling session over a folder of scans, in napari.
+"""Plugins > napari-diffmed > Label: a labeling session over a folder of scans (docs/labeling.md).
 
-Open a session (scans folder, output folder, model); the ensemble proposes the cases one after another
-in the background while you work; the case list shows each case's state and score, Next case opens the
-least certain one, Next uncertain slice jumps along its ranking. Edit the labels with napari's own
-tools: they are saved to the output folder every few seconds and on every case change. Propose again
-resamples around your corrections, Accept writes the case and opens the next, Fine-tune trains the
-model on the accepted cases and switches to it. Background events reach the GUI through a timer that
-polls the runner's queue, so no layer is touched off the GUI thread.
+The ensemble proposes cases in the background while you correct the open one with napari's tools
+(saved every few seconds and on every case change). Background events reach the GUI through a timer
+that polls the runner's queue without waiting, so no layer is touched off the GUI thread.
 """
 
 from __future__ import annotations
@@ -16,14 +12,16 @@ from typing import Any
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Select, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, Select, SpinBox
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from ..device import DEVICE_CHOICES
 from ..ensemble import DEFAULTS, MAX_MEMBERS
+from ..labeling.finetune import FinetuneSettings
 from ..models import default_model, list_models
 from .dock import short_tab_title
+from .labeling_layers import CaseLayers
 
 AUTOSAVE_MS = 5000
 POLL_MS = 150
@@ -44,7 +42,8 @@ class LabelingWidget(Container):
         self.members = SpinBox(label="members", min=1, max=MAX_MEMBERS, value=DEFAULTS.members)
         self.steps = SpinBox(label="steps", min=1, max=1000, value=DEFAULTS.steps)
         self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
-        self.finetune_steps = SpinBox(label="fine-tune steps", min=1, max=100_000, value=200)
+        self.force = CheckBox(label="propose outside the model's domain", value=False)
+        self.finetune_steps = SpinBox(label="fine-tune steps", min=1, max=100_000, value=FinetuneSettings.steps)
         self.open_button = PushButton(text="Open session", tooltip="an existing session keeps its stored settings")
         self._choices: list[tuple[str, str]] = []
         self.case_list = Select(label="cases (least certain first)", choices=lambda *_: self._choices)
@@ -56,19 +55,18 @@ class LabelingWidget(Container):
         self.status = Label(value="open a session")
         row = lambda *w: Container(widgets=list(w), layout="horizontal", labels=False)  # noqa: E731
         super().__init__(widgets=[
-            self.scans, self.out, self.model, self.model_file, self.members, self.steps, self.device,
+            self.scans, self.out, self.model, self.model_file, self.members, self.steps, self.device, self.force,
             self.open_button, self.case_list, row(self.next_case_button, self.next_slice_button),
-            row(self.again_button, self.accept_button), self.finetune_steps, row(self.finetune_button,
-                                                                                 self.cancel_button),
+            row(self.again_button, self.accept_button), self.finetune_steps,
+            row(self.finetune_button, self.cancel_button),
             self.progress, self.status,
         ])
         short_tab_title(self, "Label")
         self.session = None
         self.runner = None
         self.current: str | None = None
-        self.layers: dict[str, Any] = {}
+        self.view = CaseLayers(viewer)
         self._saved: np.ndarray | None = None
-        self._slice = -1
         self.open_button.changed.connect(self.open_session)
         self.case_list.changed.connect(self._picked)
         self.next_case_button.changed.connect(self.next_case)
@@ -92,7 +90,7 @@ class LabelingWidget(Container):
         self.close_session()
         model = self.model_file.value
         model = str(model) if model not in (None, Path("."), Path("")) else self.model.value
-        settings = dict(model=model, members=self.members.value, steps=self.steps.value)
+        settings = dict(model=model, members=self.members.value, steps=self.steps.value, force=self.force.value)
         if (Path(self.out.value) / "session.json").exists():
             settings = {}  # an existing session keeps its settings (and the model it was fine-tuned to)
         try:
@@ -137,10 +135,15 @@ class LabelingWidget(Container):
         rows = []
         for case_id in s.order() + s.accepted():
             case = s.case(case_id)
-            score = f"{case.score:.3f} bits" if case.score is not None else "-"
+            score = self._score(case.score)
             rows.append((f"{case_id}: {case.state}, {score}", case_id))
         self._choices = rows
         self.case_list.reset_choices()
+
+    def _score(self, value: float | None) -> str:
+        from ..labeling.cases import UNITS
+
+        return "-" if value is None else f"{value:.3f} {UNITS[self.session.settings.score]}"
 
     # --- background events ---------------------------------------------------------------------------
 
@@ -163,25 +166,24 @@ class LabelingWidget(Container):
                 self.status.value = f"{label}: cancelled"
             elif event.kind == "done":
                 self._finished(event)
-            if event.job == "again" and event.kind in ("failed", "cancelled", "done") and "labels" in self.layers:
-                self.layers["labels"].editable = True
+            if event.job == "again" and event.kind in ("failed", "cancelled", "done") and self.view.labels:
+                self.view.labels.editable = True
 
     def _finished(self, event) -> None:
         value = event.value
         if event.job == "finetune":
-            self.status.value = (f"fine-tuned: held-out {value['held_out']} Dice {value['dice_before']:.3f} -> "
-                                 f"{value['dice_after']:.3f}; now using {Path(value['weights']).stem}")
+            self.status.value = f"fine-tuned: {value['message']}"
             for case_id in self.session.to_propose():  # later proposals come from the new model
                 self._submit_proposal(case_id)
         elif event.job == "again":
             if event.case == self.current:
                 self._show(event.case, keep_view=True)
             drop = value["before"] - value["score"]
-            self.status.value = (f"{event.case}: uncertainty {value['before']:.3f} -> {value['score']:.3f} bits "
+            self.status.value = (f"{event.case}: uncertainty {value['before']:.3f} -> {self._score(value['score'])} "
                                  f"({-100 * drop / max(value['before'], 1e-9):+.0f}%)")
         else:
-            self.status.value = f"{event.case} proposed: {value['score']:.3f} bits"
-            if event.case == self.current and "labels" not in self.layers:
+            self.status.value = f"{event.case} proposed: {self._score(value['score'])}"
+            if event.case == self.current and self.view.labels is None:
                 self._show(event.case)
         self._refresh()
 
@@ -215,53 +217,29 @@ class LabelingWidget(Container):
         self._show(case_id)
 
     def _clear(self) -> None:
-        for layer in self.layers.values():
-            if layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
-        self.layers, self._saved = {}, None
+        self.view.clear()
+        self._saved = None
 
     def _show(self, case_id: str, keep_view: bool = False) -> None:
         data = self.session.load(case_id)
-        place = {**data.placement, "metadata": data.metadata}
-        if keep_view and "labels" in self.layers:
-            self.layers["labels"].data = data.labels
-            self.layers["entropy"].data = data.maps["entropy"]
-        else:
-            self._clear()
-            self.layers["scan"] = self.viewer.add_image(data.scan, name=f"{case_id}", **place)
-            self.layers["entropy"] = self.viewer.add_image(
-                data.maps["entropy"], name=f"{case_id} entropy", colormap="inferno", contrast_limits=(0, 1),
-                blending="additive", opacity=0.5, visible=False, **place)
-            self.layers["labels"] = self.viewer.add_labels(data.labels, name=f"{case_id} labels", opacity=0.5,
-                                                           **place)
-            self._slice = -1
+        if self.view.show(case_id, data, keep_view):
             self.next_slice()
         self._saved = np.array(data.labels)
         case = self.session.case(case_id)
-        self.status.value = f"{case_id}: {case.state}, {case.score:.3f} bits; most uncertain slices {case.ranking[:5]}"
+        self.status.value = f"{case_id}: {case.state}, {self._score(case.score)}; most uncertain slices {case.ranking[:5]}"
 
     def next_slice(self, *_: Any) -> int | None:
         """Move the viewer to the open case's next most uncertain slice; returns its index."""
-        if self.current is None or "scan" not in self.layers:
+        if self.current is None:
             return None
-        ranking = self.session.case(self.current).ranking
-        if not ranking:
-            return None
-        self._slice = (self._slice + 1) % len(ranking)
-        index, scan = ranking[self._slice], self.layers["scan"]
-        axis = self.session.settings.axis
-        point = np.asarray(scan.world_to_data(self.viewer.dims.point[-scan.ndim:]), dtype=float)
-        point[axis] = index
-        world = np.asarray(scan.data_to_world(point), dtype=float)
-        self.viewer.dims.set_point(self.viewer.dims.ndim - scan.ndim + axis, world[axis])
-        return index
+        return self.view.step(self.session.case(self.current).ranking, self.session.settings.axis)
 
     # --- edits ---------------------------------------------------------------------------------------
 
     def autosave(self, *_: Any) -> bool:
         """Save the open case's labels when they changed since the last save; returns whether it saved."""
-        labels = self.layers.get("labels")
-        if self.session is None or self.current is None or labels is None or labels not in self.viewer.layers:
+        labels = self.view.labels
+        if self.session is None or self.current is None or labels is None:
             return False
         data = np.asarray(labels.data)
         if self._saved is not None and np.array_equal(data, self._saved):
@@ -277,26 +255,26 @@ class LabelingWidget(Container):
 
     def propose_again(self, *_: Any) -> bool:
         """Save, then resample the open case around its corrected voxels in the background."""
-        if self.current is None or "labels" not in self.layers:
+        if self.current is None or self.view.labels is None:
             return self._fail("open a proposed case first")
         self.autosave()
-        if not self.session.load(self.current).corrected.any():
+        if not self.session.load_labels(self.current).corrected.any():
             return self._fail(f"{self.current} has no corrections yet: edit its labels first")
         from ..labeling import URGENT
 
         session, case_id = self.session, self.current
         self.runner.submit("again", case_id, lambda: session.iter_propose(case_id, again=True), URGENT)
-        self.layers["labels"].editable = False  # until the new proposal replaces the layer's data
+        self.view.labels.editable = False  # until the new proposal replaces the layer's data
         self.status.value = f"{case_id}: proposing again around the corrections"
         return True
 
     def accept(self, *_: Any) -> str | None:
         """Accept the open case's labels (written as NIfTI in its scan's space) and open the next case."""
-        if self.current is None or "labels" not in self.layers:
+        if self.current is None or self.view.labels is None:
             self._fail("open a proposed case first")
             return None
         try:
-            path = self.session.accept(self.current, np.asarray(self.layers["labels"].data))
+            path = self.session.accept(self.current, np.asarray(self.view.labels.data))
         except (ValueError, OSError) as err:
             self._fail(str(err))
             return None

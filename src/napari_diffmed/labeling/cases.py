@@ -7,14 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
+MAPS = ("mean", "votes", "entropy", "mutual_information")
 STATES = ("not started", "proposed", "corrected", "accepted")
-SCORES = ("entropy", "mutual_information")
+SCORES = ("expected_errors", "entropy", "mutual_information")
+UNITS = {"expected_errors": "voxels/slice", "entropy": "bits", "mutual_information": "bits"}
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_labels")
 
 
 @dataclass(frozen=True)
 class LabelSettings:
-    """How proposals are made. ``slices``: ``"START:STOP"`` or ``"I,J,K"``; None = slices with foreground."""
+    """How proposals are made and ranked. ``slices``: ``"START:STOP"`` or ``"I,J,K"``; None = slices with
+    foreground. ``score`` orders the cases and ``slice_score`` a case's slices (see :func:`score_map`).
+    ``preprocess`` ("auto" or "none") and ``force`` are those of ``napari-diffmed segment``: the domain
+    check, and for models with a template (the shipped ones) N4, registration and brain extraction."""
 
     model: str | None = None
     members: int = 8
@@ -23,8 +28,11 @@ class LabelSettings:
     seed: int = 0
     axis: int = 0
     slices: str | None = None
-    score: str = "entropy"
+    score: str = "expected_errors"
+    slice_score: str = "mutual_information"
     chunk: int = 16
+    preprocess: str = "auto"
+    force: bool = False
 
 
 @dataclass
@@ -44,7 +52,7 @@ class Case:
 class CaseData:
     """A case's arrays on the scan's grid (napari order) and the scan's spatial metadata."""
 
-    scan: np.ndarray
+    scan: np.ndarray | None  # None when only the labels were read (saving)
     metadata: dict
     placement: dict  # scale and translate (or affine) of the scan's napari layers
     labels: np.ndarray
@@ -87,11 +95,58 @@ def _add(found: dict[str, str], case_id: str, rel: Path) -> None:
     found[case_id] = rel.as_posix()
 
 
+def score_map(maps: dict[str, np.ndarray], key: str) -> np.ndarray:
+    """Per-voxel uncertainty ``key``: ``"expected_errors"`` is the minority's share of the member votes,
+    ``min(votes, 1 - votes)``, the chance that the majority label is wrong if the members are samples of
+    the truth; ``"entropy"`` and ``"mutual_information"`` are the ensemble's maps (bits)."""
+    if key == "expected_errors":
+        return np.minimum(maps["votes"], 1.0 - maps["votes"])
+    return maps[key]
+
+
+def case_score(maps: dict[str, np.ndarray], key: str, n_slices: int) -> float:
+    """A case's score: for ``"expected_errors"`` the expected number of wrong voxels per proposed slice (what
+    correcting a slice can gain); for the others the mean over the voxels any member labels (bits)."""
+    value = score_map(maps, key)
+    if key == "expected_errors":
+        return float(value.sum() / max(1, n_slices))
+    region = maps["votes"] > 0
+    return float(value[region].mean()) if region.any() else 0.0
+
+
 def check_settings(s: LabelSettings) -> None:
     """ValueError naming a setting outside its range."""
-    if s.score not in SCORES:
-        raise ValueError(f"score {s.score!r} is not one of {list(SCORES)}")
+    if s.preprocess not in ("auto", "none") or not isinstance(s.force, bool):
+        raise ValueError(f"preprocess must be 'auto' or 'none' and force True or False, got {s.preprocess!r}, "
+                         f"{s.force!r}")
+    for key in ("score", "slice_score"):
+        if getattr(s, key) not in SCORES:
+            raise ValueError(f"{key} {getattr(s, key)!r} is not one of {list(SCORES)}")
     for key, low, high in (("members", 1, 64), ("steps", 1, 1000), ("chunk", 1, 65536), ("axis", 0, 2)):
         value = getattr(s, key)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError(f"{key} must be a whole number from {low} to {high}, got {value!r}")
+
+
+def proposal_slices(scan: np.ndarray, settings: LabelSettings) -> list[int]:
+    """The slices proposals cover: the settings' ``slices``, or those with at least 2% foreground."""
+    from ..anomaly import foreground_mask, parse_slices
+
+    chosen = parse_slices(settings.slices)
+    if chosen is not None:
+        return chosen
+    fg = np.moveaxis(foreground_mask(scan), settings.axis, 0)
+    keep = np.flatnonzero(fg.reshape(len(fg), -1).mean(axis=1) >= 0.02)
+    return [int(i) for i in keep] or list(range(scan.shape[settings.axis]))
+
+
+def merge_again(data: CaseData, maps: dict, labels: np.ndarray, ran: list[int] | None, axis: int):
+    """Propose again's result into the case: the slices ``ran`` (None: all) take the new maps and labels,
+    the others keep theirs, and the corrected voxels keep the person's labels."""
+    rows = np.zeros(data.labels.shape[axis], bool)
+    rows[ran if ran is not None else slice(None)] = True
+    shape = [1] * data.labels.ndim
+    shape[axis] = -1
+    rows = rows.reshape(shape)
+    maps = {key: np.where(rows, maps[key], data.maps.get(key, 0)) for key in MAPS}
+    return maps, np.where(data.corrected, data.labels, np.where(rows, labels, data.labels))

@@ -6,6 +6,12 @@ training folder (``SCAN.nii.gz`` + ``SCAN_mask.nii.gz``), which the training cod
 reads (:func:`~napari_diffmed.training.folders.load_folder`). Training starts from the current
 model's weights (``--init``), keeps its network and card, and writes ``OUT/models/NAME`` with a card
 recording the cases and a held-out accepted case's Dice before and after.
+
+It is gentle so that a few cases do not make the model forget what it knew: part of every batch
+replays the model's own training data (the shipped recipe's slices, when the model descends from
+one), the learning rate is low, and the EMA of the weights is what is saved. The session switches to
+the new model only when the held-out case's Dice did not drop; otherwise it keeps the old one and
+says so (the new model stays in ``OUT/models`` to inspect).
 """
 
 from __future__ import annotations
@@ -26,16 +32,21 @@ from .background import Cancelled
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """Steps of the training loop (batch ``batch_size``, AdamW at ``lr``); ``eval_slices`` bounds the
-    held-out case's slices scored before and after (spread over its labelled slices)."""
+    """Steps of the training loop (batch ``batch_size``, AdamW at ``lr``, weights averaged with
+    ``ema_decay``); ``replay`` is the share of each batch drawn from the model's own training data
+    (0 for none; ignored when the model's data is unknown). ``eval_slices`` bounds the held-out case's
+    slices scored before and after (spread over its labelled slices). ``switch``: switch the session to
+    the new model when the held-out Dice did not drop (``"always"``: whatever it did; False: never)."""
 
-    steps: int = 200
+    steps: int = 60
     batch_size: int = 8
-    lr: float = 1e-4
+    lr: float = 3e-5
+    ema_decay: float = 0.999
+    replay: float = 0.5
     seed: int = 0
     eval_slices: int = 12
     held_out: str | None = None
-    switch: bool = True
+    switch: bool | str = True
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:
@@ -91,7 +102,6 @@ def iter_finetune(session, settings: FinetuneSettings = FinetuneSettings()) -> G
     """
     from ..ensemble import segmentation_model
     from ..models.card import ModelCard
-    from ..training.datasets import Batches
     from ..training.folders import load_folder, scan_folder
     from ..training.loop import TrainConfig, train
 
@@ -119,26 +129,74 @@ def iter_finetune(session, settings: FinetuneSettings = FinetuneSettings()) -> G
     card = ModelCard.from_dict(json.loads(loaded.card.to_json()))
     band = tuple(card.training.get("threshold_band", (0.0, 1.0)))
     data = load_folder(items, card.image_size, card.spacing, normalisation=card.normalisation, log=None)
-    batches = Batches(data, settings.batch_size, "segmentation", seed=settings.seed, threshold_band=band)
+    batches, replayed = _batches(data, base, band, settings, domain=bool(loaded.card.training.get("stages")))
     card.name, card.metrics = name, {}
     card.description = f"{loaded.card.name} fine-tuned on {len(train_ids)} accepted cases of a labeling session."
     card.training = {"data": f"{len(train_ids)} accepted cases of the labeling session in {session.out_dir}",
                      "cases": train_ids, "held_out": f"case {held}", "train_items": int(len(data.images)),
-                     "threshold_band": list(band), "data_folder": str(data_dir)}
+                     "threshold_band": list(band), "data_folder": str(data_dir), "replay": replayed}
     config = TrainConfig(steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed,
-                         warmup=max(1, min(20, settings.steps // 5)), checkpoint_every=settings.steps,
-                         val_every=settings.steps, device=session.device)
+                         ema_decay=settings.ema_decay, warmup=max(1, min(20, settings.steps // 5)),
+                         checkpoint_every=settings.steps, val_every=settings.steps, device=session.device)
     weights = models / f"{name}.safetensors"
     losses = yield from _train_in_thread(train, card, batches, config, weights, loaded.path)
     after, _ = held_out_dice(session, held, weights, settings.eval_slices)
+    switched = settings.switch == "always" or (settings.switch is True and after >= before)
     _record(weights, {"labeling": {"held_out_case": held, "slices": pick, "dice_before": round(before, 4),
                                    "dice_after": round(after, 4), "before_model": loaded.model_id,
-                                   "members": s.members, "steps": s.steps, "seed": s.seed}})
-    if settings.switch:
+                                   "members": s.members, "steps": s.steps, "seed": s.seed, "switched": switched}})
+    if switched:
         session.switch_model(str(weights))
-    yield Progress(settings.steps, settings.steps, None, f"held-out Dice {before:.3f} -> {after:.3f}")
+    verdict = (f"the session now uses {name}" if switched else f"the session keeps {loaded.card.name}"
+               + (" (held-out Dice dropped)" if after < before else ""))
+    message = f"held-out {held} Dice {before:.3f} -> {after:.3f}: {verdict}"
+    yield Progress(settings.steps, settings.steps, None, message)
     return {"weights": weights, "held_out": held, "dice_before": before, "dice_after": after, "losses": losses,
-            "train_cases": train_ids}
+            "train_cases": train_ids, "switched": switched, "message": message, "replay": replayed}
+
+
+def replay_data(base: str):
+    """The training slices and threshold band of the shipped recipe ``base`` (None when it is not one)."""
+    from ..training.recipes import RECIPES
+
+    recipe = RECIPES.get(base)
+    if recipe is None or recipe.kind != "segmentation":
+        return None
+    data = recipe.data()
+    return (data.split(held_out=False) if data.held_out.any() else data), recipe.threshold_band
+
+
+def _batches(data, base: str, band, settings: FinetuneSettings, domain: bool):
+    """Batches of the accepted slices, with ``settings.replay`` of each drawn from the model's own training data
+    (domain-randomised when the model was trained so); returns them and what the card records of the replay."""
+    from ..training.datasets import Batches
+
+    n_replay = int(round(settings.replay * settings.batch_size))
+    replay = replay_data(base) if n_replay else None
+    if replay is None:
+        return Batches(data, settings.batch_size, "segmentation", seed=settings.seed, threshold_band=band), None
+    n_replay = min(n_replay, settings.batch_size - 1)
+    own = Batches(data, settings.batch_size - n_replay, "segmentation", seed=settings.seed, threshold_band=band)
+    old = Batches(replay[0], n_replay, "segmentation", seed=settings.seed + 1, threshold_band=replay[1],
+                  domain=domain)
+    return _Mixed(own, old), {"recipe": base, "per_batch": n_replay, "items": int(len(replay[0].images)),
+                              "domain": domain}
+
+
+class _Mixed:
+    """Batches that join one batch of each source (masks, images)."""
+
+    def __init__(self, *sources) -> None:
+        self.sources = sources
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        import torch
+
+        parts = [next(source) for source in self.sources]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 def _train_in_thread(train, card, batches, config, weights: Path, init: Path):

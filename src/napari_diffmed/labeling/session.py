@@ -1,20 +1,17 @@
 """A labeling session over a folder of scans: state on disk, proposals, corrections, acceptance.
 
-The output folder holds everything, so closing and reopening (or another person opening the copy)
-returns to the same place::
+The output folder holds everything (reopening it, or a copy, returns to the same place)::
 
-    OUT/session.json                      cases with their state, scores and slice rankings; settings; models
-    OUT/session.lock                      the running session (host, pid); a second one is refused
-    OUT/cases/ID/proposal_*.nii.gz        the ensemble's labels, mean, votes, entropy and mutual information
-    OUT/cases/ID/edits.nii.gz             the person's current labels (saved on a timer and on case change)
-    OUT/cases/ID/corrected.nii.gz         1 where the person changed the proposal (held fixed by Propose again)
-    OUT/accepted/ID_labels.nii.gz         accepted labels in the scan's space, with ID_labels.json (provenance)
-    OUT/accepted/ID_corrected.nii.gz      which of those voxels the person corrected
+    OUT/session.json                  cases with their state, scores and slice rankings; settings; models
+    OUT/session.lock                  the running session (host, pid); a second one is refused
+    OUT/cases/ID/proposal_*.nii.gz    the ensemble's labels, mean, votes, entropy and mutual information
+    OUT/cases/ID/edits.nii.gz         the person's labels; corrected.nii.gz: where they differ from the proposal
+    OUT/accepted/ID_labels.nii.gz     accepted labels in the scan's space (+ ID_labels.json, ID_corrected.nii.gz)
 
-A case is *not started*, *proposed* (the ensemble has run), *corrected* (edits differ from the
-proposal) or *accepted*. Its score is the mean predictive entropy in bits (or the mutual
-information, ``score="mutual_information"``) over the voxels at least one member labels: a per-voxel
-average, so large and small structures compare; the least certain case comes first.
+A case is *not started*, *proposed*, *corrected* (edits differ from the proposal) or *accepted*.
+Cases are ranked by the expected number of wrong voxels per slice and a case's slices by their summed
+mutual information: of the measures tried on held-out data, these tracked the errors best
+(docs/labeling.md).
 """
 
 from __future__ import annotations
@@ -28,10 +25,10 @@ from typing import Any, Generator
 import numpy as np
 
 from ..progress import Progress, drive
-from .cases import Case, CaseData, LabelSettings, check_settings, list_scans
+from .cases import (MAPS, Case, CaseData, LabelSettings, case_score, check_settings, list_scans, merge_again,
+                    proposal_slices, score_map)
 from .store import FolderLock, read_json, write_json
 
-MAPS = ("mean", "votes", "entropy", "mutual_information")
 
 
 class Session:
@@ -52,6 +49,7 @@ class Session:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._lock = FolderLock(self.out_dir)
         self._mutex = threading.RLock()
+        self._spatial: dict[str, tuple[tuple[int, ...], dict]] = {}  # case -> scan shape, layer kwargs
         try:
             self._open(settings)
         except BaseException:
@@ -136,29 +134,40 @@ class Session:
         from ..io import read_scan
 
         scan, kwargs, _ = read_scan(self.scans_dir / self.case(case_id).scan, as_labels=False)
+        self._spatial[case_id] = (scan.shape, kwargs)
         return scan, kwargs
 
-    def load(self, case_id: str) -> CaseData:
-        """The scan with the current labels: the saved edits, else the proposal, else zeros."""
+    def load(self, case_id: str, maps: bool = True) -> CaseData:
+        """The scan with the current labels: the saved edits, else the proposal, else zeros (and the
+        uncertainty maps unless ``maps`` is False)."""
+        scan, kwargs = self._read(case_id)
+        return self._case_data(case_id, scan, scan.shape, kwargs, maps)
+
+    def _case_data(self, case_id: str, scan, shape, kwargs: dict, maps: bool) -> CaseData:
         from ..io import read_nifti
 
-        scan, kwargs = self._read(case_id)
         folder = self.case_dir(case_id)
 
         def read(name: str, labels: bool):
             path = folder / f"{name}.nii.gz"
             return read_nifti(path, as_labels=labels)[0] if path.exists() else None
 
-        proposal = read("proposal_labels", True)
-        edits = read("edits", True)
-        labels = edits if edits is not None else proposal if proposal is not None else np.zeros(scan.shape, np.uint8)
-        corrected = read("corrected", True)
-        corrected = np.zeros(scan.shape, bool) if corrected is None else corrected > 0
+        proposal, edits, corrected = read("proposal_labels", True), read("edits", True), read("corrected", True)
+        labels = edits if edits is not None else proposal if proposal is not None else np.zeros(shape, np.uint8)
+        corrected = np.zeros(shape, bool) if corrected is None else corrected > 0
         if edits is not None and proposal is not None:  # heals a crash between the two writes
             corrected |= edits != proposal
-        maps = {key: m for key in MAPS if (m := read(f"proposal_{key}", False)) is not None}
+        found = {key: m for key in MAPS if maps and (m := read(f"proposal_{key}", False)) is not None}
         placement = {k: v for k, v in kwargs.items() if k in ("scale", "translate", "affine")}
-        return CaseData(scan, kwargs["metadata"], placement, np.asarray(labels), proposal, corrected, maps)
+        return CaseData(scan, kwargs["metadata"], placement, np.asarray(labels), proposal, corrected, found)
+
+    def load_labels(self, case_id: str) -> CaseData:
+        """:meth:`load` without the scan (``scan`` is None; its shape and metadata are remembered) and the maps:
+        quick enough for the GUI thread."""
+        if case_id not in self._spatial:
+            self._read(case_id)
+        shape, kwargs = self._spatial[case_id]
+        return self._case_data(case_id, None, shape, kwargs, maps=False)
 
     def _set(self, case_id: str, **changes: Any) -> None:
         with self._mutex:
@@ -169,28 +178,18 @@ class Session:
 
     # --- proposing ---------------------------------------------------------------------------------
 
-    def indices(self, scan: np.ndarray) -> list[int]:
-        """The slices proposals cover: the settings' ``slices``, or those with at least 2% foreground."""
-        from ..anomaly import foreground_mask, parse_slices
-
-        chosen = parse_slices(self.settings.slices)
-        if chosen is not None:
-            return chosen
-        fg = np.moveaxis(foreground_mask(scan), self.settings.axis, 0)
-        keep = np.flatnonzero(fg.reshape(len(fg), -1).mean(axis=1) >= 0.02)
-        return [int(i) for i in keep] or list(range(scan.shape[self.settings.axis]))
-
     def iter_propose(self, case_id: str, again: bool = False) -> Generator[Progress, None, dict]:
         """Run the ensemble on a case and save the proposal; yields progress, returns ``{"score", "before",
         "fixed_voxels", "slices"}``. ``again``: with the corrected voxels held fixed, on the slices that
         hold corrections (2D models: the other slices are independent of them and keep their proposal)."""
         from ..ensemble import iter_segment_ensemble, segmentation_model
+        from ..preprocess.run import iter_task
 
         s = self.settings
         data = self.load(case_id) if again else None
         scan, meta = (data.scan, data.metadata) if data is not None else self.read_scan(case_id)
         loaded = segmentation_model(s.model, self.device)
-        fixed, indices = None, self.indices(scan)
+        fixed, indices = None, proposal_slices(scan, s)
         if again:
             if not data.corrected.any():
                 raise ValueError(f"case {case_id!r} has no corrected voxels to hold; edit its labels first")
@@ -199,9 +198,12 @@ class Session:
             indices = self.case(case_id).slices or indices
             if loaded.card.spatial_dims == 2:
                 indices = [i for i in indices if touched[i]] or [int(np.flatnonzero(touched)[0])]
-        result = yield from iter_segment_ensemble(
-            scan, meta["spacing"], model=loaded, members=s.members, steps=s.steps, scheduler=s.scheduler,
-            seed=s.seed, axis=s.axis, indices=indices, device=self.device, chunk=s.chunk, preview=False, fixed=fixed)
+        make = lambda img, sp, ax, idx, held: iter_segment_ensemble(  # noqa: E731
+            img, sp, model=loaded, members=s.members, steps=s.steps, scheduler=s.scheduler, seed=s.seed, axis=ax,
+            indices=idx, device=self.device, chunk=s.chunk, preview=False, fixed=held)
+        result = yield from iter_task("segmentation", make, scan, meta["spacing"], loaded.card, axis=s.axis,
+                                      indices=indices, mask=fixed, metadata=meta, preprocess=s.preprocess,
+                                      force=s.force)  # the domain check and preprocessing of `segment`
         return self._store_proposal(case_id, result, meta, data)
 
     def propose(self, case_id: str, again: bool = False, callback=None) -> dict:
@@ -217,29 +219,24 @@ class Session:
         maps = {key: getattr(result, key) for key in MAPS}
         labels = result.labels()
         ran = list(result.provenance["slices"] or [])
-        if data is not None:  # Propose again: new slices into the old maps; painted labels stay where corrected
-            rows = np.zeros(data.scan.shape[self.settings.axis], bool)
-            rows[ran if result.axis is not None else slice(None)] = True
-            shape = [1] * data.scan.ndim
-            shape[self.settings.axis] = -1
-            rows = rows.reshape(shape)
-            maps = {key: np.where(rows, maps[key], data.maps.get(key, 0)) for key in MAPS}
-            labels = np.where(data.corrected, data.labels, np.where(rows, labels, data.labels))
+        if data is not None:
+            maps, labels = merge_again(data, maps, labels, ran if result.axis is not None else None,
+                                       self.settings.axis)
         for key in MAPS:
             write_nifti(folder / f"proposal_{key}.nii.gz", maps[key], meta, overwrite=True)
         write_nifti(folder / "proposal_labels.nii.gz", labels, meta, labels=True, overwrite=True)
         if data is not None:
             write_nifti(folder / "edits.nii.gz", labels, meta, labels=True, overwrite=True)
-        region = maps["votes"] > 0
-        value = maps[self.settings.score]
-        score = float(value[region].mean()) if region.any() else 0.0
         case = self.case(case_id)
+        n_slices = len(case.slices if data is not None else ran) or maps["votes"].shape[self.settings.axis]
+        score = case_score(maps, self.settings.score, n_slices)
         before = case.score
         entry = {"score": score, "measure": self.settings.score, "fixed_voxels": int(result.provenance.get(
             "fixed_voxels", 0)), "slices": ran, "model_id": result.provenance["model_id"],
                  "seconds": result.provenance["seconds"], "time": _now()}
         state = "corrected" if data is not None else "proposed" if case.state != "accepted" else "accepted"
-        ranking = slice_ranking(value, self.settings.axis if result.axis is not None else 0)
+        ranking = slice_ranking(score_map(maps, self.settings.slice_score),
+                                self.settings.axis if result.axis is not None else 0)
         self._set(case_id, state=state, score=score, ranking=[int(i) for i in ranking],
                   slices=case.slices if data is not None else ran, history=case.history + [entry])
         write_json(folder / "proposal.json", result.provenance)
@@ -251,10 +248,10 @@ class Session:
         """Save the person's labels atomically; returns how many voxels are corrected in all."""
         from ..io import write_nifti
 
-        data = self.load(case_id)
+        data = self.load_labels(case_id)
         labels = np.asarray(labels)
-        if labels.shape != data.scan.shape:
-            raise ValueError(f"labels of shape {labels.shape} do not fit case {case_id!r} of shape {data.scan.shape}")
+        if labels.shape != data.labels.shape:
+            raise ValueError(f"labels of shape {labels.shape} do not fit case {case_id!r} of shape {data.labels.shape}")
         if data.proposal is None:
             raise ValueError(f"case {case_id!r} has no proposal yet; propose it before editing")
         corrected = data.corrected | (labels != data.proposal)
@@ -273,7 +270,7 @@ class Session:
 
         if labels is not None:
             self.save_edits(case_id, labels)
-        data = self.load(case_id)
+        data = self.load_labels(case_id)
         if data.proposal is None and labels is None:
             raise ValueError(f"case {case_id!r} has no proposal or labels to accept")
         folder = self.out_dir / "accepted"

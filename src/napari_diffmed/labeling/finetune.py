@@ -106,6 +106,9 @@ def iter_finetune(session, settings: FinetuneSettings = FinetuneSettings()) -> G
     from ..training.loop import TrainConfig, train
 
     s = session.settings
+    if not 0.0 <= settings.replay <= 1.0 or settings.switch not in (True, False, "always"):
+        raise ValueError(f"replay must be from 0 to 1 and switch True, False or 'always'; got {settings.replay!r}, "
+                         f"{settings.switch!r}")
     if s.axis != 0:
         raise ValueError(f"fine-tuning trains on axial slices (axis 0); this session slices along axis {s.axis}")
     accepted = session.accepted()

@@ -28,11 +28,13 @@ import os
 import statistics
 import sys
 import time
+from typing import Sequence
 
 import numpy as np
 from _benchutil import PeakMemory, cores, interleaved, machine, table, write_section
 
 IMAGE, SEG = "mni_t1_axial_64_v", "mni_wm_seg_96"
+TASKS = ("synthesis", "ensemble", "inpainting", "anomaly")
 
 
 def _sync():
@@ -90,7 +92,8 @@ def versus_monai(plain, fast, steps: int, repeats: int) -> list[list]:
     from monai.inferers import DiffusionInferer
 
     from napari_diffmed.device import make_generator
-    from napari_diffmed.sampling import Conditioning, iter_denoise, make_scheduler, run
+    from napari_diffmed.progress import drive as run
+    from napari_diffmed.sampling import Conditioning, iter_denoise, make_scheduler
     from napari_diffmed.synthesis import synthesize
 
     card, dev = plain.card, next(plain.network.parameters()).device
@@ -128,7 +131,8 @@ def bookkeeping(card, steps: int, repeats: int, dev: str = "cpu") -> list[list]:
     import torch
     from monai.inferers import DiffusionInferer
 
-    from napari_diffmed.sampling import Conditioning, iter_denoise, make_scheduler, run
+    from napari_diffmed.progress import drive as run
+    from napari_diffmed.sampling import Conditioning, iter_denoise, make_scheduler
 
     rows = []
     for n, w, eta in ((1, None, 0.0), (8, 2.0, 0.0), (8, 2.0, 1.0)):
@@ -173,7 +177,8 @@ def _first_preview(gen) -> float:
     return float("nan")
 
 
-def tasks(image_model, seg_model, inpaint_model, scan, spacing, slices, repeats: int, dev: str) -> list[list]:
+def tasks(image_model, seg_model, inpaint_model, scan, spacing, slices, repeats: int, dev: str,
+          only: Sequence[str] = TASKS) -> list[list]:
     """Each task at its defaults on ``slices`` through its plain function (previews off where it allows):
     seconds, calls, overhead ratio on the wall clock and on this process's CPU time (robust on a shared
     machine; the bare forwards are timed right after each run), first preview, peak memory."""
@@ -202,6 +207,8 @@ def tasks(image_model, seg_model, inpaint_model, scan, spacing, slices, repeats:
     cpu_clock = time.process_time if dev == "cpu" else None
     rows = []
     for name, (model, job, iterate) in jobs.items():
+        if name.split()[0] not in only:
+            continue
         calls: list[int] = []
         hook = model.network.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
         seconds, wall_ratios, cpu_ratios, previews, peaks = [], [], [], [], []
@@ -304,6 +311,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps of the MONAI comparison (default 20)")
     parser.add_argument("--slices", type=int, default=2, help="slices for the task rows (defaults: 12)")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS, help="the task rows to run")
     parser.add_argument("--write", action="store_true", help="put the tables into docs/performance.md")
     parser.add_argument("--skip", nargs="*", default=[], choices=("monai", "bookkeeping", "tasks", "batched",
                                                                   "fast", "threads"))
@@ -349,7 +357,8 @@ def main() -> None:
         emit("bookkeeping", "### Bookkeeping per step, network replaced by a constant (ms per step, DDIM 50)",
              table(["batch", "guidance", "eta", "MONAI", "loop", "loop with clipping"], rows))
     if "tasks" not in args.skip:
-        rows = tasks(fast[IMAGE], fast[SEG], fast["mni_t1_axial_64"], scan, spacing, slices, args.repeats, dev)
+        rows = tasks(fast[IMAGE], fast[SEG], fast["mni_t1_axial_64"], scan, spacing, slices, args.repeats, dev,
+                     args.tasks)
         emit("tasks", "### Tasks at their defaults on fewer inputs (MNI152 2 mm, fast path, median seconds)",
              table(["task", "seconds", "network calls", "batch", "overhead ratio (wall)", "overhead ratio (CPU time)",
                     "first preview s", "peak RSS MiB", "CUDA peak MiB"], rows))

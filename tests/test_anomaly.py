@@ -142,7 +142,8 @@ def test_ddim_inversion_then_decoding_returns_the_scan(tiny_image_model):
     DDIM inversion is exact only in the limit of small steps (it uses the noise estimated at t for the step
     from t up): with 100 steps the round trip stays far closer to the scan than the inverted latent is."""
     from napari_diffmed.models import get_model
-    from napari_diffmed.sampling import Conditioning, iter_denoise, make_scheduler, run
+    from napari_diffmed.progress import drive as run
+    from napari_diffmed.sampling import Conditioning, iter_denoise, make_scheduler
 
     loaded = get_model(tiny_image_model, "cpu")
     x0 = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 1.6 - 0.8

@@ -126,7 +126,8 @@ def test_the_loop_does_monais_arithmetic_without_clipping(tiny_image_model):
     """iter_denoise with clip=False and eta 0 gives DiffusionInferer.sample's output, guided or not."""
     from monai.inferers import DiffusionInferer
 
-    from napari_diffmed.sampling import Conditioning, iter_denoise, make_scheduler, run
+    from napari_diffmed.progress import drive as run
+    from napari_diffmed.sampling import Conditioning, iter_denoise, make_scheduler
 
     loaded = load_model(tiny_image_model)
     card, net = loaded.card, loaded.network

@@ -26,7 +26,7 @@ def test_a_perfect_prediction_of_any_type_gives_the_true_noise_and_x0(prediction
     import torch
 
     from napari_diffmed.models.prediction import EpsilonView, training_target
-    from napari_diffmed.sampling import predict_x0
+    from napari_diffmed.schedulers import predict_x0
 
     scheduler = build_scheduler(ModelCard(
         name="m", task="image", spatial_dims=2, image_size=[8, 8], spacing=[1.0, 1.0],

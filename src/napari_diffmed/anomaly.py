@@ -39,14 +39,15 @@ from typing import TYPE_CHECKING, Any, Generator, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .progress import Progress, drive
+from .progress import Progress, Reporter, drive
+from .sampling import inversion_start, iter_invert
 from .slices import parse_slices  # noqa: F401 - public here since the CLI and the widget first used it
 
 if TYPE_CHECKING:
     import torch
 
     from .models import LoadedModel
-    from .sampling import Conditioning, Step
+    from .sampling import Conditioning
 
 METHODS = ("gaussian", "simplex", "ddim")
 COMPARES = ("unguided", "scan")
@@ -178,35 +179,6 @@ def default_rule(card, cfg: AnomalySettings) -> tuple[dict[str, Any] | None, lis
                    f"differs in {', '.join(differs)}, so the share of healthy voxels it flags is not known"]
 
 
-def inversion_start(scheduler, depth: int) -> int:
-    """The scheduled timestep that a scan noised or inverted to ``depth`` is decoded from."""
-    return max(int(t) for t in scheduler.timesteps if int(t) <= depth)
-
-
-def iter_invert(
-    network, scheduler, sample: "torch.Tensor", depth: int, cond: "Conditioning", clip: bool = True
-) -> Generator["Step", None, "torch.Tensor"]:
-    """DDIM inversion: walk a clean ``sample`` up the scheduled timesteps to ``inversion_start(depth)``.
-
-    The mirror of :func:`sampling.iter_denoise` with MONAI's ``DDIMScheduler.reversed_step`` (and
-    the same clipped-x0 epsilon); decode with ``iter_denoise(..., start_timestep=inversion_start(...))``.
-    """
-    import torch
-
-    from .sampling import Step, clip_noise, predict_noise
-
-    ts = sorted(int(t) for t in scheduler.timesteps if int(t) <= depth)
-    x = sample
-    for i, t in enumerate(ts[:-1]):
-        with torch.inference_mode():
-            eps = predict_noise(network, x, t, cond)
-            if clip:
-                eps = clip_noise(scheduler, x, eps, t)
-            x, x0 = scheduler.reversed_step(eps, t, x)
-        yield Step(i + 1, len(ts) - 1, t, x0, x)
-    return x
-
-
 def _calls_per_batch(sched, cfg: AnomalySettings, card) -> tuple[int, int, int]:
     """(inversion calls, calls of one decoding, all network calls) for one batch of inputs."""
     t_start = inversion_start(sched, cfg.depth if cfg.method == "ddim" else cfg.level)
@@ -266,7 +238,8 @@ def _reconstruct(net, sched, x0, noise, cfg: AnomalySettings, card, t_start: int
     return the (k*m, C, ...) reconstructions towards healthy, and the unguided ones (or None)."""
     import torch
 
-    from .sampling import alpha_bar, iter_denoise
+    from .sampling import iter_denoise
+    from .schedulers import alpha_bar, q_sample
 
     k, m = cfg.reconstructions, len(x0)
     healthy, uncond = _conditioning(card, cfg, k * m, x0.device)
@@ -275,8 +248,7 @@ def _reconstruct(net, sched, x0, noise, cfg: AnomalySettings, card, t_start: int
         xt = yield from iter_invert(net, sched, x0, t_start, first)
         xt = xt.repeat(k, *[1] * (xt.ndim - 1))
     else:
-        a = alpha_bar(sched, t_start).to(x0.device, x0.dtype)
-        xt = (a.sqrt() * x0[None] + (1 - a).sqrt() * noise).flatten(0, 1)
+        xt = q_sample(x0[None], noise, alpha_bar(sched, t_start)).flatten(0, 1)
     twin = None
     if cfg.paired(card):  # the unguided decoding draws the same noise as the guided one
         twin = torch.Generator(device=gen.device)
@@ -337,10 +309,15 @@ def iter_anomaly_map(
         noise = torch.randn(shape, generator=gen, device=gen.device).to(dev)
     n_inv, n_dec, per_batch = _calls_per_batch(sched, cfg, card)
     starts = range(0, n, max(1, cfg.batch_size // k))
-    total, done, last_preview, clock = per_batch * len(starts), 0, time.perf_counter(), time.perf_counter()
+    report, clock = Reporter(per_batch * len(starts), preview_interval), time.perf_counter()
     recon = x0[None].repeat(k, *[1] * x0.ndim)
     plain = recon.clone() if cfg.paired(card) else None
     phases = ("inverting",) * n_inv + ("denoising",) * n_dec + ("decoding without guidance",) * n_dec
+
+    def show(part: slice, latest) -> np.ndarray:  # the scan on its way to healthy, on the input grid
+        recon[:, part] = latest.reshape(-1, part.stop - part.start, *latest.shape[1:])
+        return _on_input(prepared, prepared.normaliser.inverse(_mean(recon)), image, fill=image)
+
     for s in starts:
         part = slice(s, min(n, s + starts.step))
         m = part.stop - part.start
@@ -354,14 +331,9 @@ def iter_anomaly_map(
                 if unguided is not None:
                     plain[:, part] = unguided.reshape(k, m, *unguided.shape[1:])
                 break
-            if j < n_inv + n_dec:  # the preview shows the scan on its way to healthy
-                recon[:, part] = step.x0.reshape(-1, m, *step.x0.shape[1:])
-            done += 1
-            preview = None
-            if preview_interval is not None and time.perf_counter() - last_preview >= preview_interval:
-                last_preview = time.perf_counter()
-                preview = _on_input(prepared, prepared.normaliser.inverse(_mean(recon)), image, fill=image)
-            yield Progress(done, total, preview, phases[j])
+            if j < n_inv + n_dec:
+                latest = step.x0
+            yield report.event(phases[j], lambda: show(part, latest))
     for name, values in (("reconstruction", recon), ("unguided decoding", plain)):
         if values is not None:
             check_finite_result(name, values, loaded.model_id)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generator, Sequence
 import numpy as np
 from scipy import ndimage
 
-from .progress import Progress, drive
+from .progress import Progress, Reporter, drive
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -43,6 +43,7 @@ class InpaintSettings:
 # Fast: about a minute for a 12-slice slab with 3 proposals on 2 CPU cores (shipped 2D model).
 MODES = {"fast": InpaintSettings(20, 5, 2), "quality": InpaintSettings(50, 5, 4)}
 DEFAULT_MODEL = "mni_t1_axial_64"
+PREVIEW_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -238,11 +239,10 @@ def _grid_masks(prepared, fill3: np.ndarray, card, dilate: int) -> tuple[np.ndar
 def known_region(scheduler, known, free, randn):
     """RePaint's constraint ``(x, t) -> x``: where ``free`` is 0, the sample takes ``known`` noised to
     ``t``, ``q(x_t | known)`` (exactly ``known`` at the end, ``t = -1``); ``randn(shape)`` draws the noise."""
-    from .sampling import alpha_bar
+    from .schedulers import alpha_bar, q_sample
 
     def paste(x, t):
-        a = float(alpha_bar(scheduler, t))  # a Python number: no copy to the device each step
-        noised = known if t < 0 else a ** 0.5 * known + (1 - a) ** 0.5 * randn(x.shape)
+        noised = known if t < 0 else q_sample(known, randn(x.shape), alpha_bar(scheduler, t))
         return free * x + (1 - free) * noised
 
     return paste
@@ -329,10 +329,15 @@ def iter_inpaint(
     sched = make_scheduler(card, "ddim", settings.steps, device=dev)
     gen = make_generator(seed, dev)
     out = np.empty_like(known_all)
-    shown, next_preview, done = prepared.data.copy(), 0.0, 0
+    shown, report = prepared.data.copy(), Reporter(total, PREVIEW_SECONDS if preview else None)
 
     def randn(shape):
         return torch.randn(shape, generator=gen, device=gen.device).to(dev)
+
+    def show(step, chunk, first, known, free) -> np.ndarray:  # proposal 0's x0 estimate pasted into the image
+        x0 = (free * step.x0 + (1 - free) * known)[:, 0].float().cpu().numpy()
+        shown[chunk[first]] = x0[first]
+        return _compose(prepared, shown[None], fill3, source, dtype)[0]
 
     for c, chunk in enumerate(chunks):
         known = torch.from_numpy(known_all[chunk]).unsqueeze(1).to(dev)
@@ -344,22 +349,10 @@ def iter_inpaint(
         x = paste(randn(known.shape), schedule[0])
         loop = iter_denoise(net, sched, x, cond=cond, schedule=schedule, constraint=paste, generator=gen,
                             eta=settings.eta)
-        while True:
-            try:
-                step = next(loop)
-            except StopIteration as stop:
-                out[chunk] = stop.value[:, 0].float().cpu().numpy()
-                break
-            done += 1
-            picture = None
-            first = chunk < n  # proposal 0 of these slices
-            if preview and first.any() and (time.perf_counter() >= next_preview or done == total):
-                t0 = time.perf_counter()
-                x0 = (free * step.x0 + (1 - free) * known)[:, 0].float().cpu().numpy()
-                shown[chunk[first]] = x0[first]
-                picture = _compose(prepared, shown[None], fill3, source, dtype)[0]
-                next_preview = time.perf_counter() + max(0.5, 10 * (time.perf_counter() - t0))
-            yield Progress(done, total, picture, f"inpainting batch {c + 1}/{len(chunks)}")
+        first = chunk < n  # proposal 0 of these slices
+        final = yield from report.follow(loop, f"inpainting batch {c + 1}/{len(chunks)}", None if not first.any() else
+                                         lambda step: show(step, chunk, first, known, free))
+        out[chunk] = final[:, 0].float().cpu().numpy()
 
     check_finite_result("inpainted fill", out, loaded.model_id)
     props = _compose(prepared, out.reshape((proposals, n) + out.shape[1:]), fill3, source, dtype)

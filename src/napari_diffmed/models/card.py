@@ -13,7 +13,6 @@ from . import schema
 
 TASKS = ("image", "segmentation")
 ARCHITECTURES = ("DiffusionModelUNet",)
-SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "RFlowScheduler")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")  # MONAI's names: noise, x0, velocity
 CARD_VERSION = 1
 
@@ -118,7 +117,7 @@ class ModelCard:
         if any(s % factor for s in size):
             raise schema.SchemaError(f"image_size {size} must be divisible by {factor} (the network halves it "
                                      f"{len(self.network['channels']) - 1} times)")
-        schema.check_scheduler(self.scheduler, PREDICTION_TYPES, SCHEDULERS)
+        schema.check_scheduler(self.scheduler, PREDICTION_TYPES)
         if not isinstance(self.class_names, list) or len(self.class_names) > 1000:
             raise schema.SchemaError(f"class_names must be a list of at most 1000 names, "
                                      f"got {schema._short(self.class_names)}")

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..io import chmod_by_umask
 from .card import ModelCard, ModelCardError, sha256_file
-from .schema import NOISE_SCHEDULES, SCHEDULER_KEYS
+from ..schedulers import kind_of
+from .schema import NOISE_SCHEDULES
 
 if TYPE_CHECKING:
     import torch
@@ -64,18 +65,15 @@ def build_scheduler(card: ModelCard, name: str | None = None, **overrides: Any):
     from monai.networks import schedulers
 
     kwargs = {k: v for k, v in card.scheduler.items() if k not in ("name", "prediction_type")}
-    trained = card.scheduler["name"]
-    name = name or trained
-    if (name == "RFlowScheduler") != (trained == "RFlowScheduler"):
-        raise ValueError(f"scheduler {name!r} cannot sample model {card.name!r}, which was trained for {trained!r}")
-    if name not in ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "RFlowScheduler"):
-        raise ValueError(f"unknown scheduler {name!r}; choose DDPMScheduler, DDIMScheduler, PNDMScheduler or RFlowScheduler")
-    accepted = SCHEDULER_KEYS[name] | NOISE_SCHEDULES.get(kwargs.get("schedule", "linear_beta"), set())
-    kwargs = {k: v for k, v in kwargs.items() if k in accepted}  # e.g. a DDPM card's variance_type for DDIM
-    if name == "PNDMScheduler":
-        kwargs.setdefault("skip_prk_steps", True)
+    trained = kind_of(card.scheduler["name"])
+    kind = kind_of(name) if name else trained
+    if kind.flow != trained.flow:
+        raise ValueError(f"scheduler {kind.monai!r} cannot sample model {card.name!r}, which was trained for "
+                         f"{trained.monai!r}")
+    accepted = kind.keys | NOISE_SCHEDULES.get(kwargs.get("schedule", "linear_beta"), set())
+    kwargs = {**kind.defaults, **{k: v for k, v in kwargs.items() if k in accepted}}  # e.g. not DDPM's variance_type
     kwargs.update(overrides)
-    return getattr(schedulers, name)(**kwargs)
+    return getattr(schedulers, kind.monai)(**kwargs)
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..schedulers import SCHEDULERS
+
 MAX_CARD_BYTES = 4 * 2**20  # the JSON text
 MAX_JSON_DEPTH = 32  # nesting of the whole card, checked before json.loads recurses
 MAX_FREE_DEPTH = 12  # nesting inside free-form fields (training, metrics, domain)
@@ -25,15 +27,7 @@ SLICE_AXES = (None, "axial", "coronal", "sagittal")
 NORMALISATIONS = ("percentile",)
 NOISE_SCHEDULES = {"linear_beta": {"beta_start", "beta_end"}, "scaled_linear_beta": {"beta_start", "beta_end"},
                    "sigmoid_beta": {"beta_start", "beta_end", "sig_range"}, "cosine": {"s"}}
-_COMMON = {"name", "num_train_timesteps", "prediction_type"}
-_DIFFUSION = {"schedule", "clip_sample", "clip_sample_min", "clip_sample_max"}
-SCHEDULER_KEYS = {  # MONAI 1.4+ keyword arguments (a test checks them against MONAI's signatures)
-    "DDPMScheduler": _COMMON | _DIFFUSION | {"variance_type"},
-    "DDIMScheduler": _COMMON | _DIFFUSION | {"set_alpha_to_one", "steps_offset"},
-    "PNDMScheduler": _COMMON | {"schedule", "skip_prk_steps", "set_alpha_to_one", "steps_offset"},
-    "RFlowScheduler": _COMMON | {"use_discrete_timesteps", "sample_method", "loc", "scale", "steps_offset",
-                                 "use_timestep_transform", "transform_scale", "base_img_size_numel", "spatial_dim"},
-}
+SCHEDULER_KEYS = {kind.monai: kind.keys for kind in SCHEDULERS.values()}  # the card keys MONAI accepts
 NETWORK_KEYS = {"spatial_dims", "in_channels", "out_channels", "num_res_blocks", "channels", "attention_levels",
                 "norm_num_groups", "norm_eps", "resblock_updown", "num_head_channels", "with_conditioning",
                 "transformer_num_layers", "cross_attention_dim", "num_class_embeds", "upcast_attention",
@@ -160,13 +154,13 @@ def check_network(net: Any) -> None:
         whole("network.num_class_embeds", net["num_class_embeds"], 1, 10_000)
 
 
-def check_scheduler(sched: Any, prediction_types: tuple[str, ...], schedulers: tuple[str, ...]) -> None:
+def check_scheduler(sched: Any, prediction_types: tuple[str, ...]) -> None:
     """Types, ranges and known keys of ``scheduler`` (``{"name": ..., **MONAI kwargs}``)."""
     if not isinstance(sched, dict):
         _fail("scheduler", f"must be a JSON object with a name, got {_short(sched)}")
     name = sched.get("name")
-    if not isinstance(name, str) or name not in schedulers:
-        _fail("scheduler", f"{name!r} is not one of {schedulers}")
+    if not isinstance(name, str) or name not in SCHEDULER_KEYS:
+        _fail("scheduler", f"{name!r} is not one of {tuple(SCHEDULER_KEYS)}")
     unknown = sorted(set(sched) - SCHEDULER_KEYS[name] - NOISE_SCHEDULES.get(sched.get("schedule"), set()))
     if unknown:
         _fail("scheduler", f"has unknown keys {unknown} for {name}; known: {sorted(SCHEDULER_KEYS[name])} and "

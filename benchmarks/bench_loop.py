@@ -181,7 +181,9 @@ def tasks(image_model, seg_model, inpaint_model, scan, spacing, slices, repeats:
           only: Sequence[str] = TASKS) -> list[list]:
     """Each task at its defaults on ``slices`` through its plain function (previews off where it allows):
     seconds, calls, overhead ratio on the wall clock and on this process's CPU time (robust on a shared
-    machine; the bare forwards are timed right after each run), first preview, peak memory."""
+    machine; the bare forwards are timed right after each run), the share of the run's CPU time spent
+    outside the network's forwards in that very run (hooks around each forward: no separate bare
+    forward, so no drift between the two), first preview, peak memory."""
     from napari_diffmed.anomaly import anomaly_map, iter_anomaly_map
     from napari_diffmed.ensemble import iter_segment_ensemble, segment_ensemble
     from napari_diffmed.inpainting import inpaint, iter_inpaint
@@ -210,32 +212,43 @@ def tasks(image_model, seg_model, inpaint_model, scan, spacing, slices, repeats:
         if name.split()[0] not in only:
             continue
         calls: list[int] = []
-        hook = model.network.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
-        seconds, wall_ratios, cpu_ratios, previews, peaks = [], [], [], [], []
-        try:
-            for _ in range(repeats):
-                calls.clear()
+        inside = [0.0, 0.0]  # CPU seconds in the network's forwards, start of the current one
+
+        def enter(m, args):
+            calls.append(args[0].shape[0])
+            inside[1] = time.process_time()
+
+        def leave(m, args, out):
+            inside[0] += time.process_time() - inside[1]
+
+        seconds, wall_ratios, cpu_ratios, outside, previews, peaks = [], [], [], [], [], []
+        for _ in range(repeats):
+            calls.clear()
+            inside[0] = 0.0
+            hooks = [model.network.register_forward_pre_hook(enter), model.network.register_forward_hook(leave)]
+            try:
                 with PeakMemory() as mem:
                     start, start_cpu = time.perf_counter(), time.process_time()
                     job()
                     _sync()
                     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-                made = list(calls)
-                hook.remove()
-                bare = {b: bare_forward(model.network, model.card, b, 3) for b in set(made)}
-                seconds.append(wall)
-                wall_ratios.append(wall / sum(bare[b] for b in made))
-                if cpu_clock is not None:
-                    bare_cpu = {b: bare_forward(model.network, model.card, b, 3, cpu_clock) for b in set(made)}
-                    cpu_ratios.append(cpu / sum(bare_cpu[b] for b in made))
-                peaks.append((mem.peak, mem.cuda))
-                previews.append(_first_preview(iterate()))
-                hook = model.network.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
-        finally:
-            hook.remove()
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            made = list(calls)
+            bare = {b: bare_forward(model.network, model.card, b, 3) for b in set(made)}
+            seconds.append(wall)
+            wall_ratios.append(wall / sum(bare[b] for b in made))
+            if cpu_clock is not None:
+                bare_cpu = {b: bare_forward(model.network, model.card, b, 3, cpu_clock) for b in set(made)}
+                cpu_ratios.append(cpu / sum(bare_cpu[b] for b in made))
+                outside.append(100 * (cpu - inside[0]) / cpu)
+            peaks.append((mem.peak, mem.cuda))
+            previews.append(_first_preview(iterate()))
         rows.append([name, f"{statistics.median(seconds):.2f}", len(made),
                      "/".join(str(b) for b in sorted(set(made))), f"{statistics.median(wall_ratios):.3f}",
                      f"{statistics.median(cpu_ratios):.3f}" if cpu_ratios else "-",
+                     f"{statistics.median(outside):.1f}" if outside else "-",
                      f"{statistics.median(previews):.2f}", f"{max(p for p, _ in peaks):.0f}",
                      "-" if peaks[0][1] is None else f"{max(c for _, c in peaks):.0f}"])
         print(rows[-1], flush=True)
@@ -361,7 +374,7 @@ def main() -> None:
                      args.tasks)
         emit("tasks", "### Tasks at their defaults on fewer inputs (MNI152 2 mm, fast path, median seconds)",
              table(["task", "seconds", "network calls", "batch", "overhead ratio (wall)", "overhead ratio (CPU time)",
-                    "first preview s", "peak RSS MiB", "CUDA peak MiB"], rows))
+                    "CPU time outside the network %", "first preview s", "peak RSS MiB", "CUDA peak MiB"], rows))
     if "batched" not in args.skip:
         rows = batched(fast[SEG], scan, spacing, args.repeats)
         emit("batched", "### Ensemble members and slices batched (chunk 8) against one input per call (chunk 1)",

@@ -147,11 +147,14 @@ def foreground_mask(image: np.ndarray) -> np.ndarray:
     arr = np.asarray(image, dtype=np.float32)
     unit = (Normaliser.fit(arr, 0.5, 99.5).forward(arr) + 1) / 2
     fg = unit > 0.4 * threshold_otsu(unit)
-    fg = np.stack([ndimage.binary_fill_holes(s) for s in fg]) if fg.ndim == 3 else ndimage.binary_fill_holes(fg)
+    plane = ndimage.generate_binary_structure(2, 1)
+    if fg.ndim == 3:  # every slice at once: a structure without through-plane neighbours fills slice by slice
+        plane = np.stack([np.zeros_like(plane), plane, np.zeros_like(plane)])
+    fg = ndimage.binary_fill_holes(fg, structure=plane)
     parts, n = ndimage.label(fg)
     if n > 1:
         sizes = ndimage.sum_labels(fg, parts, range(1, n + 1))
-        fg = np.isin(parts, 1 + np.flatnonzero(sizes >= 0.05 * sizes.max()))
+        fg = np.concatenate([[False], sizes >= 0.05 * sizes.max()])[parts]
     return fg
 
 

@@ -37,8 +37,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Generator, Sequence
 
 import numpy as np
-from scipy import ndimage
 
+from .heatmap import (THRESHOLD_PERCENTILE, default_rule, default_threshold, model_mask, on_input, residual,
+                      smooth_inside)
+from .masks import foreground_mask
 from .progress import Progress, Reporter, drive
 from .sampling import inversion_start, iter_invert
 from .slices import parse_slices  # noqa: F401 - public here since the CLI and the widget first used it
@@ -52,7 +54,6 @@ if TYPE_CHECKING:
 METHODS = ("gaussian", "simplex", "ddim")
 COMPARES = ("unguided", "scan")
 SIMPLEX = {"octaves": 6, "persistence": 0.8, "period": 16.0}  # AnoDDPM's, scaled from 256 to 64 px images
-THRESHOLD_PERCENTILE = 98.0
 LIMITS = {"level": (1, 999), "depth": (1, 999), "guidance": (0.0, 20.0), "reconstructions": (1, 32),
           "steps": (1, 1000), "smoothing": (0.0, 50.0), "batch_size": (1, 4096)}
 
@@ -135,51 +136,6 @@ class AnomalyResult:
 
         t = self.threshold if threshold is None else check_threshold(threshold)
         return ((self.heatmap >= t) & self.brain_mask).astype(np.uint8)
-
-
-def foreground_mask(image: np.ndarray) -> np.ndarray:
-    """Brain mask of a skull-stripped scan: above 0.4 x the Otsu level, holes filled slice by slice,
-    connected parts of at least 5% of the largest kept. Scans with skull need a mask given explicitly."""
-    from skimage.filters import threshold_otsu
-
-    from .geometry import Normaliser
-
-    arr = np.asarray(image, dtype=np.float32)
-    unit = (Normaliser.fit(arr, 0.5, 99.5).forward(arr) + 1) / 2
-    fg = unit > 0.4 * threshold_otsu(unit)
-    plane = ndimage.generate_binary_structure(2, 1)
-    if fg.ndim == 3:  # every slice at once: a structure without through-plane neighbours fills slice by slice
-        plane = np.stack([np.zeros_like(plane), plane, np.zeros_like(plane)])
-    fg = ndimage.binary_fill_holes(fg, structure=plane)
-    parts, n = ndimage.label(fg)
-    if n > 1:
-        sizes = ndimage.sum_labels(fg, parts, range(1, n + 1))
-        fg = np.concatenate([[False], sizes >= 0.05 * sizes.max()])[parts]
-    return fg
-
-
-def default_threshold(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """The ``THRESHOLD_PERCENTILE`` percentile of the heatmap inside the mask."""
-    inside = np.asarray(heatmap)[np.asarray(mask, dtype=bool)]
-    return float(np.percentile(inside, THRESHOLD_PERCENTILE)) if inside.size else 0.0
-
-
-def default_rule(card, cfg: AnomalySettings) -> tuple[dict[str, Any] | None, list[str]]:
-    """The card's threshold for ``cfg.method``, calibrated on healthy held-out slices
-    (:mod:`napari_diffmed.evaluation.threshold`), and notices: none when the run uses the settings it was
-    calibrated at. Without one (None) the default cut is the heatmap's own ``THRESHOLD_PERCENTILE`` percentile."""
-    entry = card.metrics.get("anomaly", {}).get("threshold", {}).get(cfg.method)
-    if not entry:
-        return None, [f"model {card.name!r} has no threshold calibrated for method {cfg.method!r}: the default cut is "
-                      f"the {THRESHOLD_PERCENTILE:g}th percentile of this scan's heatmap, which flags "
-                      f"{100 - THRESHOLD_PERCENTILE:g}% of any brain, healthy or not"]
-    calibrated = entry.get("settings", {})
-    differs = [f"{key}={getattr(cfg, key)!r} (calibrated at {value!r})" for key, value in calibrated.items()
-               if hasattr(cfg, key) and getattr(cfg, key) != value]
-    if not differs:
-        return entry, []
-    return entry, [f"the default threshold {entry['value']:g} was calibrated at the default settings; this run "
-                   f"differs in {', '.join(differs)}, so the share of healthy voxels it flags is not known"]
 
 
 def _calls_per_batch(sched, cfg: AnomalySettings, card) -> tuple[int, int, int]:
@@ -319,7 +275,7 @@ def iter_anomaly_map(
 
     def show(part: slice, latest) -> np.ndarray:  # the scan on its way to healthy, on the input grid
         recon[:, part] = latest.reshape(-1, part.stop - part.start, *latest.shape[1:])
-        return _on_input(prepared, prepared.normaliser.inverse(_mean(recon)), image, fill=image)
+        return on_input(prepared, prepared.normaliser.inverse(_mean(recon)), image, fill=image)
 
     for s in starts:
         part = slice(s, min(n, s + starts.step))
@@ -353,51 +309,17 @@ def _mean(recon: "torch.Tensor") -> np.ndarray:
     return recon[:, :, 0].float().mean(0).cpu().numpy()
 
 
-def _on_input(prepared, arr: np.ndarray, image: np.ndarray, fill) -> np.ndarray:
-    """Model-grid ``(N, *size)`` -> the input's grid and shape (2D inputs stay 2D)."""
-    return prepared.restore(arr, fill=fill).reshape(image.shape)
-
-
-def _model_mask(prepared, brain: np.ndarray) -> np.ndarray:
-    """The input-grid mask on the model grid, ``(N, *image_size)`` booleans."""
-    volume = brain.reshape(prepared.shape).astype(np.float32)
-    if prepared.axis is None:
-        return (prepared.grid.to_model(volume, cval=0.0) > 0.5)[None]
-    moved = np.moveaxis(volume, prepared.axis, 0)[prepared.indices]
-    return prepared.grid.to_model(moved, cval=0.0) > 0.5
-
-
-def residual(scan: np.ndarray, healthy: np.ndarray, unguided: np.ndarray | None = None) -> np.ndarray:
-    """The unsmoothed heatmap in model units: ``|scan - healthy| / 2``, or with an unguided twin
-    decoding, how much further from the scan the healthy one lands, ``max(|scan - healthy| -
-    |scan - unguided|, 0) / 2``."""
-    away = np.abs(scan - healthy)
-    if unguided is not None:
-        away = np.maximum(away - np.abs(scan - unguided), 0.0)
-    return away / 2
-
-
-def _smooth_inside(d: np.ndarray, mask: np.ndarray, sigma: Sequence[float]) -> np.ndarray:
-    """Gaussian smoothing of ``d`` over its last axes inside ``mask`` only (normalised convolution)."""
-    d = (d * mask).astype(np.float32)
-    if max(sigma) == 0:
-        return d
-    num = ndimage.gaussian_filter(d, [0.0] * (d.ndim - len(sigma)) + list(sigma))
-    den = ndimage.gaussian_filter(mask.astype(np.float32), [0.0] * (mask.ndim - len(sigma)) + list(sigma))
-    return (num / np.maximum(den, 1e-3) * mask).astype(np.float32)
-
-
 def _finish(image, prepared, brain, recon: np.ndarray, unguided: np.ndarray | None, loaded, cfg: AnomalySettings,
             record) -> AnomalyResult:
     from .provenance import provenance
 
     card = loaded.card
-    brain = brain & (_on_input(prepared, np.ones(prepared.data.shape, np.float32), image, 0.0) > 0.5)  # analysed
-    heats = _smooth_inside(residual(prepared.data[None], recon, unguided), _model_mask(prepared, brain),
+    brain = brain & (on_input(prepared, np.ones(prepared.data.shape, np.float32), image, 0.0) > 0.5)  # analysed
+    heats = smooth_inside(residual(prepared.data[None], recon, unguided), model_mask(prepared, brain),
                            [cfg.smoothing / s for s in card.spacing])
-    heatmap = _on_input(prepared, heats.mean(0), image, 0.0) * brain
-    variance = _on_input(prepared, heats.var(0), image, 0.0) * brain if len(heats) > 1 else None
-    pseudo = np.where(brain, _on_input(prepared, prepared.normaliser.inverse(recon.mean(0)), image, image), image)
+    heatmap = on_input(prepared, heats.mean(0), image, 0.0) * brain
+    variance = on_input(prepared, heats.var(0), image, 0.0) * brain if len(heats) > 1 else None
+    pseudo = np.where(brain, on_input(prepared, prepared.normaliser.inverse(recon.mean(0)), image, image), image)
     calibrated, notes = default_rule(card, cfg)
     threshold = default_threshold(heatmap, brain) if calibrated is None else float(calibrated["value"])
     rule = (f"{THRESHOLD_PERCENTILE:g}th percentile of the heatmap inside the brain mask" if calibrated is None else

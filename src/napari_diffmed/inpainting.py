@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any, Generator, Sequence
 import numpy as np
 from scipy import ndimage
 
+from .masks import as_binary_mask
 from .progress import Progress, Reporter, drive
+from .sampling import known_region
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -119,41 +121,6 @@ def count_network_calls(schedule: Sequence[int]) -> int:
     return sum(1 for a, b in zip(schedule, schedule[1:]) if b < a)
 
 
-def as_binary_mask(mask: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, list[str]]:
-    """A boolean mask from bool, 0/1 or integer labels (any non-zero label); clear errors otherwise."""
-    m = np.asarray(mask)
-    if m.shape != tuple(shape):
-        raise ValueError(f"mask of shape {m.shape} does not match the image's shape {tuple(shape)}; "
-                         "paint it on the image's grid or resample it (inpainting.resample_mask)")
-    if m.dtype == bool:
-        return m.copy(), []
-    if not np.issubdtype(m.dtype, np.number) or np.issubdtype(m.dtype, np.complexfloating):
-        raise ValueError(f"mask must hold 0/1 or integer labels, got dtype {m.dtype}")
-    notes = []
-    if np.issubdtype(m.dtype, np.floating):
-        odd = m[(m != 0) & (m != 1)]
-        if odd.size:
-            raise ValueError(f"mask must be binary (0/1) or integer labels, got values such as {odd.flat[0]!r}; "
-                             "threshold it first (e.g. mask > 0.5)")
-    elif m.size and (m.max() > 1 or m.min() < 0):
-        labels = np.unique(m[m != 0])
-        notes.append(f"mask labels {labels[:8].tolist()} are all treated as the region to fill")
-    return m != 0, notes
-
-
-def resample_mask(mask: np.ndarray, mask_to_world: np.ndarray, image_shape: Sequence[int],
-                  image_to_world: np.ndarray) -> np.ndarray:
-    """Nearest-neighbour resampling of a mask onto an image's voxel grid, given both (ndim+1)^2 affines."""
-    m = np.asarray(mask)
-    n = len(image_shape)
-    if m.ndim != n or np.shape(mask_to_world) != (n + 1, n + 1) or np.shape(image_to_world) != (n + 1, n + 1):
-        raise ValueError(f"cannot resample a {m.ndim}D mask onto a {n}D image")
-    to_mask = np.linalg.inv(np.asarray(mask_to_world, float)) @ np.asarray(image_to_world, float)
-    out = ndimage.affine_transform((m != 0).astype(np.uint8), to_mask, output_shape=tuple(image_shape),
-                                   order=0, mode="constant", cval=0)
-    return out.astype(bool)
-
-
 def seam_energy(output: np.ndarray, mask: np.ndarray) -> float:
     """Mean squared difference between neighbouring voxels across the mask border."""
     total, count = 0.0, 0
@@ -234,18 +201,6 @@ def _grid_masks(prepared, fill3: np.ndarray, card, dilate: int) -> tuple[np.ndar
     covered = ~np.isnan(g.from_model(np.ones(g.out_shape, np.float32), order=1, cval=np.nan))
     unknown = (unknown | ~inside).reshape(prepared.data.shape)
     return unknown, covered
-
-
-def known_region(scheduler, known, free, randn):
-    """RePaint's constraint ``(x, t) -> x``: where ``free`` is 0, the sample takes ``known`` noised to
-    ``t``, ``q(x_t | known)`` (exactly ``known`` at the end, ``t = -1``); ``randn(shape)`` draws the noise."""
-    from .schedulers import alpha_bar, q_sample
-
-    def paste(x, t):
-        noised = known if t < 0 else q_sample(known, randn(x.shape), alpha_bar(scheduler, t))
-        return free * x + (1 - free) * noised
-
-    return paste
 
 
 def iter_inpaint(

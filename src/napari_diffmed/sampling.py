@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Generator, Sequence
 
-from .schedulers import SCHEDULER_NAMES, adapt, kind_of, renoise  # noqa: F401 - the CLI's and widgets' choices
+from .schedulers import SCHEDULER_NAMES, adapt, alpha_bar, kind_of, q_sample, renoise  # noqa: F401 - the CLI's and widgets' choices
 
 if TYPE_CHECKING:
     import torch
@@ -171,3 +171,13 @@ def iter_invert(
             x, x0 = adapter.invert(predict_noise(network, x, t, cond), t, x)
         yield Step(i + 1, len(ts) - 1, t, x0, x)
     return x
+
+
+def known_region(scheduler, known, free, randn):
+    """RePaint's constraint ``(x, t) -> x``: where ``free`` is 0, the sample takes ``known`` noised to
+    ``t``, ``q(x_t | known)`` (exactly ``known`` at the end, ``t = -1``); ``randn(shape)`` draws the noise."""
+    def paste(x, t):
+        noised = known if t < 0 else q_sample(known, randn(x.shape), alpha_bar(scheduler, t))
+        return free * x + (1 - free) * noised
+
+    return paste

@@ -12,7 +12,8 @@ from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 
 from ..device import DEVICE_CHOICES
-from ..inpainting import DEFAULTS, MODES, count_network_calls, describe, repaint_schedule, resample_mask
+from ..inpainting import DEFAULTS, MODES, count_network_calls, describe, repaint_schedule
+from ..masks import resample_mask
 from ..models import ModelCard, ModelCardError, list_models
 from .backend import BackendChoice
 from .dock import FollowImage, short_tab_title

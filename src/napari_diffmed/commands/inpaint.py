@@ -66,7 +66,7 @@ def to_world(kwargs: dict, ndim: int) -> np.ndarray:
 
 
 def _mask_on_scan(mask: np.ndarray, mask_kw: dict, scan: np.ndarray, scan_kw: dict, notes: list[str]) -> np.ndarray:
-    from ..inpainting import resample_mask
+    from ..masks import resample_mask
 
     if mask.ndim != scan.ndim:
         raise ValueError(f"mask has {mask.ndim} axes {mask.shape} but the scan has {scan.ndim} {scan.shape}")

@@ -167,14 +167,15 @@ def median_filter_heatmap(cases: LesionCases, card, size: int = 9, smoothing_mm:
     inside the foreground mask like the model's heatmap, mapped back to the scan."""
     from scipy import ndimage
 
-    from ..anomaly import _model_mask, _on_input, _smooth_inside, foreground_mask
+    from ..heatmap import model_mask, on_input, smooth_inside
+    from ..masks import foreground_mask
     from ..volumes import prepare
 
     prepared = prepare(cases.scan, cases.spacing, card, indices=cases.indices)
     residual = np.abs(prepared.data - ndimage.median_filter(prepared.data, size=(1, size, size))) / 2
     brain = foreground_mask(cases.scan)
-    heat = _smooth_inside(residual, _model_mask(prepared, brain), [smoothing_mm / s for s in card.spacing])
-    return _on_input(prepared, heat, cases.scan, 0.0) * brain
+    heat = smooth_inside(residual, model_mask(prepared, brain), [smoothing_mm / s for s in card.spacing])
+    return on_input(prepared, heat, cases.scan, 0.0) * brain
 
 
 def score_cases(heatmap: np.ndarray, cases: LesionCases, threshold: float | None = None) -> dict[str, Any]:

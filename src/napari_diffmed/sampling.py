@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Generator, Sequence
 
-from .schedulers import SCHEDULER_NAMES, adapt, alpha_bar, kind_of, q_sample, renoise  # noqa: F401 - the CLI's and widgets' choices
+from .schedulers import SCHEDULER_NAMES  # noqa: F401 - the CLI's and widgets' choices
+from .schedulers import adapt, alpha_bar, kind_of, q_sample, renoise
 
 if TYPE_CHECKING:
     import torch

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 ENV_VAR = "NAPARI_DIFFMED_FAST"
 SWITCHES = ("fused_attention", "channels_last", "bf16", "compile", "graphs")
-EXACT = ("fused_attention", "channels_last")
 
 
 @dataclass(frozen=True)

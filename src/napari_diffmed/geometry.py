@@ -39,10 +39,6 @@ class Normaliser:
     def inverse(self, y: np.ndarray) -> np.ndarray:
         return ((np.asarray(y, dtype=np.float32) + 1.0) / 2.0) * (self.high - self.low) + self.low
 
-    def scale_only(self, d: np.ndarray) -> np.ndarray:
-        """Convert a difference in model units back to image units."""
-        return np.asarray(d, dtype=np.float32) * (self.high - self.low) / 2.0
-
 
 def foreground_centre(volume: np.ndarray, axes: int) -> np.ndarray:
     """Centre of mass (voxel coordinates) of the bright part over the last ``axes`` axes."""
@@ -117,8 +113,3 @@ class Grid:
         if tuple(data.shape[-len(self.out_shape):]) != self.out_shape:
             raise ValueError(f"array of shape {data.shape} does not end with the model grid {self.out_shape}")
         return self._transform(data, False, order, cval)
-
-    def coverage(self) -> np.ndarray:
-        """Boolean mask of input voxels that the model grid covers."""
-        ones = np.ones(self.out_shape, dtype=np.float32)
-        return self.from_model(ones, order=0, cval=0.0) > 0.5

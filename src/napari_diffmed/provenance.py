@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import platform
-import time
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from . import __version__
 from .models.checkpoint import LoadedModel
@@ -35,12 +33,3 @@ def _jsonable(value: Any) -> Any:
         return value.item()
     return str(value)
 
-
-@contextmanager
-def timer(record: dict[str, Any], key: str = "seconds") -> Iterator[None]:
-    """Store the wall time of the block in ``record[key]``."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        record[key] = round(time.perf_counter() - start, 3)

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-CONVENTION = "START:STOP (STOP excluded) or I,J,K"
-
-
 def parse_slices(text: str | None) -> list[int] | None:
     """``"40:52"`` (52 excluded) or ``"3,5,7"`` -> slice indices; empty or None -> None (all slices)."""
     if text is None or not str(text).strip():

@@ -28,10 +28,6 @@ class GridData:
         return GridData(self.images[keep], probs, self.held_out[keep], self.spacing)
 
 
-def to_unit(volume: np.ndarray, normaliser: Normaliser) -> np.ndarray:
-    return (normaliser.forward(volume) + 1.0) / 2.0
-
-
 def template_slices(
     template: Template, image_size: tuple[int, int], spacing: tuple[float, float], prob: str | None = None,
     min_brain_fraction: float = 0.08,

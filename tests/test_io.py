@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -216,16 +217,31 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_written_files_follow_the_umask(tmp_path):
-    from napari_diffmed.models.checkpoint import _atomic_write
-
     old = os.umask(0o027)
     try:
         image = io.write_nifti(tmp_path / "scan.nii", np.ones((3, 4, 5), np.float32))
-        _atomic_write(tmp_path / "card.json", lambda tmp: open(tmp, "w").write("{}"))
+        io.atomic_write(tmp_path / "card.json", lambda tmp: open(tmp, "w").write("{}"))
     finally:
         os.umask(old)
     assert (image.stat().st_mode & 0o777) == 0o640
     assert ((tmp_path / "card.json").stat().st_mode & 0o777) == 0o640
+
+
+def test_atomic_write_keeps_the_old_file_on_failure_and_refuses_without_overwrite(tmp_path):
+    target = tmp_path / "card.json"
+    target.write_text("old")
+
+    def broken(tmp):
+        Path(tmp).write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        io.atomic_write(target, broken)
+    with pytest.raises(FileExistsError, match="exists"):
+        io.atomic_write(target, lambda tmp: Path(tmp).write_text("new"), overwrite=False)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["card.json"]
+    io.atomic_write(target, lambda tmp: Path(tmp).write_text("new"))
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["card.json"]
 
 
 def test_4d_file_gets_a_leading_axis_and_round_trips(tmp_path):

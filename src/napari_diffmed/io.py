@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -265,12 +265,26 @@ def write_nifti(
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     img = layer_to_image(data, metadata, labels=labels, scale=scale, translate=translate)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+    return atomic_write(path, lambda tmp: nib.save(img, tmp), overwrite=overwrite)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], overwrite: bool = True) -> Path:
+    """Write a file whole or not at all: ``write(tmp)`` fills a temporary file beside ``path``, which is
+    synced and moved in; a failure leaves ``path`` as it was. Without ``overwrite`` a file at ``path``
+    (even one that appears meanwhile) is refused with :class:`FileExistsError`.
+
+    The temporary name keeps ``path``'s suffix (``.nii.gz`` included) for writers that choose a format by it.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    suffix = next((s for s in (".nii.gz", ".tar.gz") if name.endswith(s)), path.suffix)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
-        nib.save(img, tmp)
-        chmod_by_umask(tmp)
+        write(tmp)
+        with open(tmp, "rb+") as fh:  # on disk before the name points at it
+            os.fsync(fh.fileno())
+        chmod_by_umask(tmp)  # mkstemp makes 0600 files; results, weights and cards are meant to be shared
         if overwrite:
             os.replace(tmp, path)
         else:  # a hard link never replaces a file that appeared meanwhile

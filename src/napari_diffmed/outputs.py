@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from .io import atomic_write
+
 STAGING = ".napari-diffmed-staging"
 NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}  # os.link on e.g. FAT or some shares
 
@@ -95,7 +97,8 @@ class OutputSet:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _commit(self, folder: Path) -> None:
-        _atomic_text(self.marker, json.dumps([p.name for p in [*self.files, self.record]]) + "\n")
+        marker = json.dumps([p.name for p in [*self.files, self.record]]) + "\n"
+        atomic_write(self.marker, lambda tmp: Path(tmp).write_text(marker))
         for target in [*self.files, self.record]:  # the record last: its presence means the set is whole
             staged = folder / target.name
             if self.overwrite or target.name in self.leftover:
@@ -144,13 +147,3 @@ def _alive(pid: int) -> bool:
         return True
     return True
 
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

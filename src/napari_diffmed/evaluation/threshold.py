@@ -99,8 +99,9 @@ def _lesions_found(truth: np.ndarray, flagged: np.ndarray) -> tuple[int, int]:
 
 def write_thresholds(weights_path: Any, thresholds: dict[str, Any]) -> Path:
     """Put ``thresholds`` into the card's ``metrics["anomaly"]["threshold"]`` (atomically; the weights must match)."""
+    from ..io import atomic_write
     from ..models.card import ModelCard, ModelCardError, sha256_file
-    from ..models.checkpoint import _atomic_write, card_path
+    from ..models.checkpoint import card_path
     from ..models.registry import resolve
 
     weights = resolve(weights_path)
@@ -112,7 +113,7 @@ def write_thresholds(weights_path: Any, thresholds: dict[str, Any]) -> Path:
     anomaly["threshold"] = {**anomaly.get("threshold", {}), **thresholds}
     card.metrics = {**card.metrics, "anomaly": anomaly}
     card.validate()
-    _atomic_write(card_file, lambda tmp: Path(tmp).write_text(card.to_json()))
+    atomic_write(card_file, lambda tmp: Path(tmp).write_text(card.to_json()))
     return card_file
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,20 +24,10 @@ class SessionLocked(FileExistsError):
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON atomically (temp file in the same folder, fsync, ``os.replace``)."""
-    from ..io import chmod_by_umask
+    from ..io import atomic_write
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        chmod_by_umask(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    text = json.dumps(data, indent=1, default=str)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def read_json(path: Path) -> Any:

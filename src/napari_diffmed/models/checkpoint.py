@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io import chmod_by_umask
+from ..io import atomic_write
 from .card import ModelCard, ModelCardError, sha256_file
 from ..schedulers import kind_of
 from .schema import NOISE_SCHEDULES
@@ -76,18 +74,6 @@ def build_scheduler(card: ModelCard, name: str | None = None, **overrides: Any):
     return getattr(schedulers, kind.monai)(**kwargs)
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        chmod_by_umask(tmp)  # mkstemp makes 0600 files; weights and cards are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_model(network: "torch.nn.Module", card: ModelCard, weights: str | Path, overwrite: bool = False) -> Path:
     """Write ``NAME.safetensors`` and ``NAME.json``; the card gets the weights' sha256."""
     from safetensors.torch import save_file
@@ -97,10 +83,10 @@ def save_model(network: "torch.nn.Module", card: ModelCard, weights: str | Path,
         raise FileExistsError(f"{weights} or its card exists; pass overwrite=True to replace it")
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
-    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"name": card.name}))
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"name": card.name}))
     card.weights_sha256 = sha256_file(weights)
     card.validate()
-    _atomic_write(card_path(weights), lambda tmp: Path(tmp).write_text(card.to_json()))
+    atomic_write(card_path(weights), lambda tmp: Path(tmp).write_text(card.to_json()))
     return weights
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..io import atomic_write
 from ..models.card import ModelCard
 from .datasets import check_band
 from .ddp import is_main
@@ -203,7 +204,5 @@ def _record_metrics(weights: Path, state: TrainState) -> ModelCard:
     card.metrics = {**card.metrics, "train_loss": float(card.training.get("final_loss", float("nan"))),
                     "held_out_loss": state.val[-1]["loss"] if state.val else None,
                     "held_out_curve": state.val, "steps": state.step}
-    tmp = card_file.with_name(card_file.name + ".tmp")
-    tmp.write_text(card.to_json())
-    tmp.replace(card_file)
+    atomic_write(card_file, lambda tmp: Path(tmp).write_text(card.to_json()))
     return card

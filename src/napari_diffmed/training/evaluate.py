@@ -261,8 +261,9 @@ def write_card_metrics(weights_path: str | os.PathLike, metrics: dict[str, Any])
 
     Refuses when the weights no longer match the card, or the metrics are of other weights.
     """
+    from ..io import atomic_write
     from ..models.card import ModelCard, ModelCardError, sha256_file
-    from ..models.checkpoint import _atomic_write, card_path
+    from ..models.checkpoint import card_path
     from ..models.registry import resolve
 
     weights = resolve(weights_path)
@@ -288,7 +289,7 @@ def write_card_metrics(weights_path: str | os.PathLike, metrics: dict[str, Any])
         kept = {k: v for k, v in card.metrics.items() if k not in SECTIONS}
     card.metrics = {**kept, **new}
     card.validate()
-    _atomic_write(card_file, lambda tmp: Path(tmp).write_text(card.to_json()))
+    atomic_write(card_file, lambda tmp: Path(tmp).write_text(card.to_json()))
     return card_file
 
 

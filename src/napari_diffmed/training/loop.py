@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..io import atomic_write
 from ..models.card import ModelCard
 from ..models.checkpoint import build_network, build_scheduler, save_model
 from .ddp import Ranks, RankShard, mean_over_ranks, rows
@@ -77,11 +78,10 @@ def save_resume(out: Path, net, ema, opt, state: TrainState, config: TrainConfig
     tensors.update(opt_tensors)
     tensors["torch_rng"] = torch.get_rng_state()
     weights, meta = _state_paths(out)
-    save_file(tensors, str(weights) + ".tmp")
-    Path(str(weights) + ".tmp").replace(weights)
-    payload = {"state": asdict(state), "config": asdict(config), "optimizer": opt_meta, "data_rng": rng_state}
-    Path(str(meta) + ".tmp").write_text(json.dumps(payload))
-    Path(str(meta) + ".tmp").replace(meta)
+    atomic_write(weights, lambda tmp: save_file(tensors, tmp))
+    payload = json.dumps({"state": asdict(state), "config": asdict(config), "optimizer": opt_meta,
+                          "data_rng": rng_state})
+    atomic_write(meta, lambda tmp: Path(tmp).write_text(payload))
 
 
 def load_resume(out: Path, net, ema, opt) -> tuple[TrainState, dict]:

@@ -13,7 +13,6 @@ from .datasets import Batches, GridData, template_slices, template_volume
 from .loop import TrainConfig, TrainState, train
 from .templates import load_mni152
 
-DOMAIN_STEPS = 1000
 TEMPLATE = "MNI152NLin2009aSym"  # the name preprocess/ looks up (nilearn's MNI152 2009a symmetric)
 SPACE = "MNI152 2009a symmetric, 1 mm, as nilearn ships it (RAS; napari axes z, y, x = I-S, P-A, L-R)"
 SCHEDULER = {"name": "DDPMScheduler", "num_train_timesteps": 1000, "schedule": "linear_beta", "clip_sample": True}
@@ -28,7 +27,6 @@ class Recipe:
     lesion_prob: float = 0.0
     init: str | None = None  # the model it fine-tunes (a registry name), when it is not trained from scratch
     threshold_band: tuple[float, float] = (0.0, 1.0)  # segmentation masks: see datasets.Batches
-    domain: TrainConfig | None = None  # a second stage from the first's weights, with domain randomisation
 
 
 def _t1_slice_card(prediction_type: str = "epsilon") -> ModelCard:
@@ -98,8 +96,6 @@ RECIPES: dict[str, Recipe] = {
         _wm_seg_card, lambda: template_slices(load_mni152(1), (96, 96), (2.0, 2.0), prob="wm"), "segmentation",
         TrainConfig(steps=2400, batch_size=12, lr=3e-4, checkpoint_every=100, val_every=250),
         threshold_band=(0.3, 0.7),
-        domain=TrainConfig(steps=DOMAIN_STEPS, batch_size=12, lr=1.5e-4, warmup=50, checkpoint_every=50,
-                           val_every=250),
     ),
     "mni_t1_volume_32": Recipe(
         _t1_volume_card, lambda: template_volume(load_mni152(1), (32, 40, 32), (5.0, 5.0, 5.0)), "image",
@@ -136,10 +132,7 @@ def recipe_card(name: str) -> ModelCard:
 def train_default(name: str, out_dir: str | Path, steps: int | None = None, resume: bool = True,
                   device: str = "auto", log=print, init: str | Path | None = None) -> TrainState:
     """Train (or resume) one shipped model into ``out_dir/NAME.safetensors`` + card; ``init`` starts
-    from another model's weights (see :func:`~.loop.train`; default: the recipe's own ``init``).
-
-    A recipe with a ``domain`` stage first trains its base model (``steps`` steps) into
-    ``out_dir/base/``, then continues from it with domain randomisation into ``out_dir``."""
+    from another model's weights (see :func:`~.loop.train`; default: the recipe's own ``init``)."""
     if name not in RECIPES:
         raise ValueError(f"unknown default model {name!r}; choose one of {sorted(RECIPES)}")
     recipe = RECIPES[name]
@@ -147,19 +140,14 @@ def train_default(name: str, out_dir: str | Path, steps: int | None = None, resu
     config = replace(recipe.config, steps=recipe.config.steps if steps is None else steps, device=device)
     command = (f"napari-diffmed train --recipe {name} --steps {config.steps} --out {out_dir}"
                + (f" --init {init}" if init is not None else ""))
-    if recipe.domain is None:
-        return train_stage(name, out_dir, config, init, command, domain=False, log=log, resume=resume)
-    base = train_stage(name, Path(out_dir) / "base", config, init, command, domain=False, log=log, resume=resume)
-    if base.step < config.steps:
-        return base
-    return train_stage(name, out_dir, replace(recipe.domain, device=device), Path(out_dir) / "base" / name,
-                       command, domain=True, log=log, resume=resume)
+    return train_stage(name, out_dir, config, init, command, log=log, resume=resume)
 
 
 def train_stage(name: str, out_dir: str | Path, config: TrainConfig, init: str | Path | None, command: str,
-                domain: bool, log=print, resume: bool = True) -> TrainState:
+                domain: bool = False, log=print, resume: bool = True) -> TrainState:
     """One stage of a recipe: ``config``'s steps from ``init`` (or from scratch) into ``out_dir/NAME``;
-    ``domain`` turns on domain randomisation. ``command`` is the recipe's reproduce command for the card."""
+    ``domain`` turns on domain randomisation (a continuation from a recipe's weights; measured in
+    docs/generalisation.md, not used by a shipped model). ``command`` is the recipe's reproduce command for the card."""
     recipe = RECIPES[name]
     data = recipe.data()
     train_data = data.split(held_out=False) if data.held_out.any() else data

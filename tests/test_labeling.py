@@ -210,8 +210,7 @@ def test_fine_tuning_a_shipped_model_replays_its_training_slices():
 
     accepted = GridData(np.full((3, 96, 96), 0.5, np.float32), np.ones((3, 96, 96), np.float32),
                         np.zeros(3, bool), (2.0, 2.0))
-    batches, record = _batches(accepted, "mni_wm_seg_96", (0.3, 0.7), FinetuneSettings(batch_size=4, replay=0.5),
-                               domain=False)
+    batches, record = _batches(accepted, "mni_wm_seg_96", (0.3, 0.7), FinetuneSettings(batch_size=4, replay=0.5))
     assert record["per_batch"] == 2 and record["items"] == 109  # the shipped card's train_items
     masks, images = next(batches)
     assert masks.shape == images.shape == (4, 1, 96, 96)

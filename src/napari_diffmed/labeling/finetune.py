@@ -132,7 +132,7 @@ def iter_finetune(session, settings: FinetuneSettings = FinetuneSettings()) -> G
     card = ModelCard.from_dict(json.loads(loaded.card.to_json()))
     band = tuple(card.training.get("threshold_band", (0.0, 1.0)))
     data = load_folder(items, card.image_size, card.spacing, normalisation=card.normalisation, log=None)
-    batches, replayed = _batches(data, base, band, settings, domain=bool(loaded.card.training.get("stages")))
+    batches, replayed = _batches(data, base, band, settings)
     card.name, card.metrics = name, {}
     card.description = f"{loaded.card.name} fine-tuned on {len(train_ids)} accepted cases of a labeling session."
     card.training = {"data": f"{len(train_ids)} accepted cases of the labeling session in {session.out_dir}",
@@ -169,9 +169,9 @@ def replay_data(base: str):
     return (data.split(held_out=False) if data.held_out.any() else data), recipe.threshold_band
 
 
-def _batches(data, base: str, band, settings: FinetuneSettings, domain: bool):
-    """Batches of the accepted slices, with ``settings.replay`` of each drawn from the model's own training data
-    (domain-randomised when the model was trained so); returns them and what the card records of the replay."""
+def _batches(data, base: str, band, settings: FinetuneSettings):
+    """Batches of the accepted slices, with ``settings.replay`` of each drawn from the model's own training data;
+    returns them and what the card records of the replay."""
     from ..training.datasets import Batches
 
     n_replay = int(round(settings.replay * settings.batch_size))
@@ -180,10 +180,8 @@ def _batches(data, base: str, band, settings: FinetuneSettings, domain: bool):
         return Batches(data, settings.batch_size, "segmentation", seed=settings.seed, threshold_band=band), None
     n_replay = min(n_replay, settings.batch_size - 1)
     own = Batches(data, settings.batch_size - n_replay, "segmentation", seed=settings.seed, threshold_band=band)
-    old = Batches(replay[0], n_replay, "segmentation", seed=settings.seed + 1, threshold_band=replay[1],
-                  domain=domain)
-    return _Mixed(own, old), {"recipe": base, "per_batch": n_replay, "items": int(len(replay[0].images)),
-                              "domain": domain}
+    old = Batches(replay[0], n_replay, "segmentation", seed=settings.seed + 1, threshold_band=replay[1])
+    return _Mixed(own, old), {"recipe": base, "per_batch": n_replay, "items": int(len(replay[0].images))}
 
 
 class _Mixed:

@@ -88,13 +88,12 @@ class Batches:
     ``(mask, image)`` where the mask is the probability map thresholded by a
     smooth random field uniform on ``threshold_band``: with (0, 1) the ensemble mean
     is calibrated to the map; a narrower band around 0.5 makes the members agree
-    outside it, so a few members give a steadier consensus of ``map > 0.5``. ``domain`` turns on
-    :func:`~.augment.augmentation`'s domain randomisation.
+    outside it, so a few members give a steadier consensus of ``map > 0.5``.
     """
 
     def __init__(self, data: GridData, batch_size: int, kind: str = "image", lesion_prob: float = 0.0,
                  style: LesionStyle = TRAIN_STYLE, seed: int = 0, augment: bool = True,
-                 threshold_band: tuple[float, float] = (0.0, 1.0), domain: bool = False) -> None:
+                 threshold_band: tuple[float, float] = (0.0, 1.0)) -> None:
         if kind not in ("image", "segmentation"):
             raise ValueError(f"kind must be 'image' or 'segmentation', got {kind!r}")
         if kind == "segmentation" and data.probs is None:
@@ -106,7 +105,7 @@ class Batches:
         self.rng = np.random.default_rng(seed)
         dims = data.images.ndim - 1
         keys = ("image", "prob") if kind == "segmentation" else ("image",)
-        self.augment = augmentation(keys, dims, seed=seed, domain=domain) if augment else None
+        self.augment = augmentation(keys, dims, seed=seed) if augment else None
 
     def _one(self) -> tuple[np.ndarray, np.ndarray | int]:
         i = self.rng.integers(len(self.data.images))

@@ -140,20 +140,11 @@ def train_default(name: str, out_dir: str | Path, steps: int | None = None, resu
     config = replace(recipe.config, steps=recipe.config.steps if steps is None else steps, device=device)
     command = (f"napari-diffmed train --recipe {name} --steps {config.steps} --out {out_dir}"
                + (f" --init {init}" if init is not None else ""))
-    return train_stage(name, out_dir, config, init, command, log=log, resume=resume)
-
-
-def train_stage(name: str, out_dir: str | Path, config: TrainConfig, init: str | Path | None, command: str,
-                domain: bool = False, log=print, resume: bool = True) -> TrainState:
-    """One stage of a recipe: ``config``'s steps from ``init`` (or from scratch) into ``out_dir/NAME``;
-    ``domain`` turns on domain randomisation (a continuation from a recipe's weights; measured in
-    docs/generalisation.md, not used by a shipped model). ``command`` is the recipe's reproduce command for the card."""
-    recipe = RECIPES[name]
     data = recipe.data()
     train_data = data.split(held_out=False) if data.held_out.any() else data
     held = data.split(held_out=True) if data.held_out.any() else data
-    batches = Batches(train_data, config.batch_size, recipe.kind, recipe.lesion_prob, seed=config.seed + domain,
-                      threshold_band=recipe.threshold_band, domain=domain)
+    batches = Batches(train_data, config.batch_size, recipe.kind, recipe.lesion_prob, seed=config.seed,
+                      threshold_band=recipe.threshold_band)
     val = next(Batches(held, min(32, 4 * config.batch_size), recipe.kind, recipe.lesion_prob,
                        seed=config.seed + 1, augment=False, threshold_band=recipe.threshold_band))
     card = recipe_card(name)
@@ -167,12 +158,6 @@ def train_stage(name: str, out_dir: str | Path, config: TrainConfig, init: str |
         if data.held_out.any() else "none (single volume)",
         "train_items": int(len(train_data.images)), "held_out_items": int(len(held.images)),
     }
-    if domain:
-        card.training["stages"] = [
-            {"steps": recipe.config.steps, "augmentation": "affine, elastic, mild bias field and gamma"},
-            {"steps": config.steps, "augmentation": "domain randomisation (training.augment, domain=True): "
-             "wider affine, elastic, bias field, gamma 0.6-1.7, intensity scale, noise, blur, lost resolution, "
-             "Gibbs ringing", "init": "the first stage's weights"}]
     if recipe.kind == "segmentation":
         card.training["threshold_band"] = list(recipe.threshold_band)
     return train(card, batches, val, config, Path(out_dir) / name, resume=resume, log=log, init=init)

@@ -204,7 +204,7 @@ def tasks(image_model, seg_model, inpaint_model, scan, spacing, slices, repeats:
             lambda: iter_inpaint(scan, mask, spacing, inpaint_model)),
         f"anomaly (ddim, depth 300, 50 steps, guidance 5, {n} of 12 slices)": (
             inpaint_model, lambda: anomaly_map(scan, spacing, indices=slices, model=inpaint_model),
-            lambda: iter_anomaly_map(scan, spacing, indices=slices, model=inpaint_model, preview_interval=0.0)),
+            lambda: iter_anomaly_map(scan, spacing, indices=slices, model=inpaint_model, preview=0.0)),
     }
     cpu_clock = time.process_time if dev == "cpu" else None
     rows = []

@@ -14,7 +14,8 @@ import argparse
 import os
 import time
 
-from napari_diffmed.synthesis import DEFAULTS, load_image_model, synthesize
+from napari_diffmed.models import load
+from napari_diffmed.synthesis import DEFAULTS, synthesize
 
 
 def parse_runs(items: list[str]) -> list[tuple[str, int]]:
@@ -37,7 +38,7 @@ def main() -> None:
 
     import torch
 
-    loaded = load_image_model(args.model, args.device)
+    loaded = load("synthesis", args.model, args.device)
     calls = []
     handle = loaded.network.register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape[0]))
     kwargs = dict(n=args.n, seed=0, guidance=args.guidance, device=args.device)

@@ -52,9 +52,9 @@ def main(argv=None) -> int:
     n_lesion = int(cases.reference.sum())
     print(f"{args.split}: {args.cases} cases x {len(cases.indices) // args.cases} slices, "
           f"{n_lesion} lesion pixels of {int(cases.region().sum())} brain pixels; defaults {DEFAULTS}")
-    from napari_diffmed.anomaly import _load
+    from napari_diffmed.models import load
 
-    card = _load(args.model, "cpu").card
+    card = load("anomaly", args.model, "cpu").card
     rows = {"median filter baseline": (score(median_baseline(cases, card), cases), 0.0)}
     for method, compare, negative in itertools.product(args.methods, args.compare, args.negative):
         figures, seconds, result = run_method(cases, method, args.model, compare=compare, negative=negative)

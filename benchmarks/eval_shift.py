@@ -79,12 +79,10 @@ def settings_for(shift: str):
 def load(path: str | None, task: str):
     """The model a table scores: the shipped default for ``task``, or the candidate at ``path`` (a card
     without a ``domain`` borrows the shipped card's of its name, so that preprocessing runs as it will)."""
-    from napari_diffmed import anomaly, ensemble, inpainting
     from napari_diffmed.models import get_model
+    from napari_diffmed.runner import load_model
 
-    loader = {"segmentation": ensemble.segmentation_model, "anomaly": anomaly._load,
-              "inpainting": inpainting.image_model}[task]  # each task's own default and checks
-    loaded = loader(path, "cpu")
+    loaded = load_model(task, path, "cpu")  # the task's own default and checks
     if path is not None and not loaded.card.domain:
         loaded.card.domain = dict(get_model(loaded.card.name, device="cpu").card.domain)
         loaded.card.training = {**loaded.card.training, "domain_from": "the shipped card (eval_shift)"}
@@ -145,7 +143,7 @@ def route_rows(shifts, stride: int) -> list[dict]:
     """White-matter Dice of the ideal member (the map on the model's grid, what the model is trained to give)
     taken back to the scan by each route, thresholded at 0.5: what the pipeline alone costs."""
     from napari_diffmed.anomaly import foreground_mask
-    from napari_diffmed.ensemble import segmentation_model
+    from napari_diffmed.ensemble import load_model
     from napari_diffmed.evaluation.segmentation import dice
     from napari_diffmed.preprocess import to_model_space
     from napari_diffmed.training.templates import load_mni152
@@ -154,7 +152,7 @@ def route_rows(shifts, stride: int) -> list[dict]:
     sys_path_benchmarks()
     from eval_segmentation import slabs
 
-    template, card = load_mni152(1), segmentation_model(None, "cpu").card
+    template, card = load_mni152(1), load_model(None, "cpu").card
     chosen = [slab[::stride] for slab in slabs(1)]
     every = np.concatenate(chosen)
     rows = []

@@ -75,10 +75,11 @@ def _axial(image: np.ndarray) -> np.ndarray:
 def synthesis_rows(model: str | None, n: int, steps: int, guidance: float, seed: int,
                    sweep: Sequence[float] = SWEEP) -> list:
     """The rows of the 2D picture (runs the model: 3 batches of ``n`` and one of ``len(sweep)``)."""
-    from napari_diffmed.synthesis import guidance_sweep, load_image_model, synthesize
+    from napari_diffmed.models import load
+    from napari_diffmed.synthesis import guidance_sweep, synthesize
     from napari_diffmed.training.evaluate import grid_data
 
-    loaded = load_image_model(model, "cpu")
+    loaded = load("synthesis", model, "cpu")
     data, _, _ = grid_data(loaded.card)
     held = data.split(held_out=True).images
     real = held[np.linspace(0, len(held) - 1, n).round().astype(int)]
@@ -103,10 +104,11 @@ def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
 def volume_rows(model: str | None, volumes: int, steps: int, seed: int) -> list:
     """The rows of the 3D picture: the real template on the model grid, then ``volumes`` samples."""
     from napari_diffmed.models import default_model
-    from napari_diffmed.synthesis import load_image_model, synthesize
+    from napari_diffmed.models import load
+    from napari_diffmed.synthesis import synthesize
     from napari_diffmed.training.evaluate import grid_data
 
-    loaded = load_image_model(model or default_model("image", 3), "cpu")
+    loaded = load("synthesis", model or default_model("image", 3), "cpu")
     data, _, _ = grid_data(loaded.card)
     samples = synthesize(loaded, n=volumes, steps=steps, seed=seed, device="cpu").samples
     captions = ["axial", "coronal", "sagittal"]

@@ -69,7 +69,7 @@ def test_progress_counts_planned_calls_and_previews_on_input_grid(tiny_image_mod
 
     events = []
     gen = iter_anomaly_map(small_volume.image, small_volume.spacing, model=tiny_image_model, method="ddim",
-                           preview_interval=0.0, batch_size=4, **FAST)
+                           preview=0.0, batch_size=4, **FAST)
     while True:
         try:
             events.append(next(gen))

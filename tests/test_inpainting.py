@@ -75,7 +75,7 @@ def test_the_loop_runs_the_counted_calls_per_batch(scan, tiny_image_model):
     mask[1:4, 8:16, 6:14] = True
     events = []
     result = inpaint(scan.image, mask, scan.spacing, model=tiny_image_model, proposals=2,
-                     batch_size=4, on_progress=events.append, **FAST)
+                     batch_size=4, callback=events.append, **FAST)
     calls = count_network_calls(repaint_schedule(settings_for("fast", **{k: FAST[k] for k in FAST if k != "device"})))
     assert result.provenance["slices"] == [1, 2, 3]  # only slices holding the mask
     assert len(events) == result.provenance["network_calls"] == calls * 2  # 6 items in batches of 4
@@ -145,7 +145,7 @@ def test_empty_mask_returns_the_input_with_a_notice(scan, tiny_image_model):
     events = []
     mask = np.zeros(scan.image.shape, np.uint8)
     result = inpaint(scan.image, mask, scan.spacing, model=tiny_image_model,
-                     on_progress=events.append, **FAST)
+                     callback=events.append, **FAST)
     assert events == [] and result.provenance["network_calls"] == 0
     assert any("empty" in m for m in result.messages)
     for out in (*result.proposals, result.mean):

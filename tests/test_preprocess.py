@@ -148,12 +148,10 @@ def test_the_command_line_preprocesses_and_writes_on_the_scan_grid(head, tmp_pat
 
 
 def test_dask_settings_reach_the_preprocessing_flags():
-    import argparse
+    from napari_diffmed.commands.common import command_options
+    from napari_diffmed.preprocess import PreprocessSettings
 
-    from napari_diffmed.cli import build_parser
-    from napari_diffmed.commands.common import _options
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["anomaly"]
-    argv = _options(sub, "anomaly", {"n4": False, "register": "deformable", "skull_strip": "yes", "force": True})
-    assert argv == ["--no-n4", "--register", "deformable", "--skull-strip", "yes", "--force"]
+    settings, _ = command_options("anomaly", {"n4": False, "register": "deformable", "skull_strip": "yes",
+                                              "force": True})
+    assert settings.preprocess == PreprocessSettings(n4=False, register="deformable", skull_strip="yes")
+    assert settings.force is True

@@ -71,7 +71,7 @@ def test_each_task_through_the_client_equals_the_local_run(client, calls, task, 
         local = getattr(dm, task)(*args, model=local_model, device="cpu", **kwargs)
     events = []
     remote = getattr(client, task)(*args, model="tiny_seg" if task == "segment_ensemble" else "tiny_image",
-                                   **{"callback" if task != "inpaint" else "on_progress": events.append}, **kwargs)
+                                   callback=events.append, **kwargs)
     assert_same_result(remote, local)
     for res in getattr(remote, "results", [remote]):
         assert res.provenance["server"] == remote_server[0] and res.provenance["server_device"] == "cpu"
@@ -239,9 +239,9 @@ def test_models_and_health_describe_the_server(client):
     state = client.health()
     assert state["device"] == "cpu" and state["gpu"] is None and state["version"] == dm.__version__
     assert set(state["queue"]) >= {"running", "waiting", "max_waiting", "concurrency"}
-    assert client.segmentation_model("tiny_seg").model_id.startswith("tiny_seg@")
+    assert client.load("segmentation", "tiny_seg").model_id.startswith("tiny_seg@")
     with pytest.raises(ValueError, match="is a segmentation model"):
-        client.load_image_model("tiny_seg")
+        client.load("synthesis", "tiny_seg")
 
 
 COMMANDS = {  # command -> (its arguments after the scan, the model it uses, its files)

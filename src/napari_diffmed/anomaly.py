@@ -33,8 +33,8 @@ import itertools
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Generator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Generator, Sequence
 
 import numpy as np
 
@@ -43,6 +43,7 @@ from .heatmap import (THRESHOLD_PERCENTILE, default_rule, default_threshold, mod
 from .masks import foreground_mask
 from .progress import Progress, Reporter, drive
 from .sampling import inversion_start, iter_invert
+from .settings import ANOMALY_LIMITS, COMPARES, METHODS, AnomalySettings  # noqa: F401 - public here
 from .slices import parse_slices  # noqa: F401 - public here since the CLI and the widget first used it
 
 if TYPE_CHECKING:
@@ -51,63 +52,11 @@ if TYPE_CHECKING:
     from .models import LoadedModel
     from .sampling import Conditioning
 
-METHODS = ("gaussian", "simplex", "ddim")
-COMPARES = ("unguided", "scan")
 SIMPLEX = {"octaves": 6, "persistence": 0.8, "period": 16.0}  # AnoDDPM's, scaled from 256 to 64 px images
-LIMITS = {"level": (1, 999), "depth": (1, 999), "guidance": (0.0, 20.0), "reconstructions": (1, 32),
-          "steps": (1, 1000), "smoothing": (0.0, 50.0), "batch_size": (1, 4096)}
-
-
-@dataclass(frozen=True)
-class AnomalySettings:
-    """One anomaly run. The defaults (shared by the CLI and the widget) take about a minute on
-    2 CPU cores for a 12-slice slab with the shipped 2D model.
-
-    ``level`` (gaussian, simplex) and ``depth`` (ddim) are timesteps out of the card's 1000;
-    ``steps`` is the number of DDIM steps over the whole schedule, so a run takes about
-    ``steps * level / 1000`` network calls (twice that for ddim, and another ``steps * level / 1000``
-    to compare with the unguided decoding); ``compare`` is what the reconstruction is compared
-    with and ``negative`` the class the guidance contrasts with ("auto": ``lesion`` if the card has
-    it, "none": the null class, or a class name; see the module's docstring); ``smoothing`` is the
-    heatmap's Gaussian sigma in mm;
-    ``batch_size`` counts model inputs per network call.
-    """
-
-    method: str = "ddim"
-    level: int = 300
-    depth: int = 300
-    guidance: float = 5.0
-    compare: str = "unguided"
-    negative: str = "auto"
-    reconstructions: int = 1
-    steps: int = 50
-    smoothing: float = 3.0
-    seed: int | None = 0
-    device: str = "auto"
-    batch_size: int = 32
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
-        if self.compare not in COMPARES:
-            raise ValueError(f"unknown compare {self.compare!r}; choose one of {list(COMPARES)}")
-        for name, (low, high) in LIMITS.items():
-            value = getattr(self, name)
-            whole = isinstance(low, int)
-            ok = isinstance(value, (int, np.integer)) if whole else isinstance(value, (int, float, np.floating))
-            if isinstance(value, bool) or not ok or not math.isfinite(value) or not low <= value <= high:
-                kind = "a whole number" if whole else "a number"
-                raise ValueError(f"{name} must be {kind} from {low} to {high}, got {value!r}")
-
-    @property
-    def eta(self) -> float:
-        return 1.0 if self.method == "ddim" and self.reconstructions > 1 else 0.0
-
-    def paired(self, card) -> bool:
-        """Whether the heatmap compares with an unguided decoding (there must be a pull to contrast)."""
-        return self.compare == "unguided" and card.conditional and self.guidance != 0
-
-
+LIMITS = ANOMALY_LIMITS
+# The fields a run's provenance records (the domain check, preprocessing and slices record their own).
+RECORDED = ("method", "level", "depth", "guidance", "compare", "negative", "reconstructions", "steps", "smoothing",
+            "seed", "device", "batch_size")
 DEFAULTS = AnomalySettings()
 
 
@@ -146,18 +95,14 @@ def _calls_per_batch(sched, cfg: AnomalySettings, card) -> tuple[int, int, int]:
     return n_inv, n_dec, n_inv + n_dec * (2 if cfg.paired(card) else 1)
 
 
-def planned_calls(card, n_inputs: int, cfg: AnomalySettings = DEFAULTS) -> int:
+def planned_calls(card, n_inputs: int, settings: AnomalySettings | None = None, **overrides: Any) -> int:
     """How many network calls a run over ``n_inputs`` model inputs (slices) makes: its progress total."""
     from .sampling import make_scheduler
 
+    cfg = AnomalySettings.build(settings, **overrides)
+
     per_batch = _calls_per_batch(make_scheduler(card, "ddim", cfg.steps), cfg, card)[2]
     return per_batch * math.ceil(n_inputs / max(1, cfg.batch_size // cfg.reconstructions))
-
-
-def _load(model: "str | os.PathLike | LoadedModel | None", device: str) -> "LoadedModel":
-    from .models import load_for_task
-
-    return load_for_task(model, "image", device, "an anomaly map")
 
 
 def negative_class(card, negative: str = "auto") -> int | None:
@@ -220,37 +165,38 @@ def _reconstruct(net, sched, x0, noise, cfg: AnomalySettings, card, t_start: int
 
 
 def iter_anomaly_map(
-    image: np.ndarray, spacing: Sequence[float] | None = None, *, mask: np.ndarray | None = None,
-    axis: int = 0, indices: Sequence[int] | None = None, preview_interval: float | None = None,
-    model: "str | os.PathLike | LoadedModel | None" = None, **settings: Any,
+    image: np.ndarray, spacing: Sequence[float] | None = None,
+    model: "str | os.PathLike | LoadedModel | None" = None, *, settings: AnomalySettings | None = None,
+    mask: np.ndarray | None = None, preview: float | None = None, **overrides: Any,
 ) -> Generator[Progress, None, AnomalyResult]:
-    """Yield :class:`Progress` per network call and return an :class:`AnomalyResult`.
+    """Yield :class:`Progress` per network call and return an :class:`AnomalyResult`, on the scan as given.
 
-    ``settings`` are :class:`AnomalySettings` fields; ``model`` None is the shipped 2D image model.
-    ``mask`` is the brain mask (default :func:`foreground_mask`); ``axis``/``indices`` pick the
-    slices a 2D model sees (slices are batched). With ``preview_interval`` (seconds), events carry
-    the reconstruction so far on the input grid, at most that often. Bad input raises ValueError
-    before any network runs.
+    ``settings`` (default :data:`DEFAULTS`) with ``overrides`` (its fields) in place; ``model`` (a name, a
+    path or a loaded model; None: ``settings.model``, else the shipped 2D image model) takes the place of
+    ``settings.model``; ``settings.preprocess``/``force`` are applied by :func:`anomaly_map` and
+    :func:`napari_diffmed.batch.run_file`, not here. ``mask`` is the brain mask (default
+    :func:`foreground_mask`); ``axis``/``indices`` pick the slices a 2D model sees (slices are batched).
+    With ``preview`` (seconds), events carry the reconstruction so far on the input grid, at most that
+    often. Bad input raises ValueError before any network runs.
     """
     import torch
 
     from .device import make_generator, resolve_seed
+    from .models import load
     from .sampling import make_scheduler
     from .simplex import simplex_noise
     from .validation import check_finite_result, check_task_inputs
     from .volumes import prepare
 
-    unknown = sorted(set(settings) - set(AnomalySettings.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"unknown settings {unknown}; allowed: {sorted(AnomalySettings.__dataclass_fields__)}")
-    cfg = replace(DEFAULTS, **settings)
+    cfg = AnomalySettings.build(settings, **overrides)
+    axis, indices, preview_interval = cfg.axis, cfg.indices, preview
     check_task_inputs(image, spacing, mask=mask, axis=axis, indices=indices, seed=cfg.seed,
                       copies=8 + 2 * cfg.reconstructions, what=f"{cfg.reconstructions} reconstruction(s)")
     image = np.asarray(image)
     brain = foreground_mask(image) if mask is None else np.asarray(mask) > 0
     if brain.shape != image.shape or not brain.any():
         raise ValueError(f"the brain mask (shape {brain.shape}) must match the image's {image.shape} and not be empty")
-    loaded = _load(model, cfg.device)
+    loaded = load("anomaly", cfg.model if model is None else model, cfg.device)
     card, net = loaded.card, loaded.network
     prepared = prepare(image, spacing, card, axis=axis, indices=indices)
     dev = next(net.parameters()).device
@@ -325,7 +271,7 @@ def _finish(image, prepared, brain, recon: np.ndarray, unguided: np.ndarray | No
     rule = (f"{THRESHOLD_PERCENTILE:g}th percentile of the heatmap inside the brain mask" if calibrated is None else
             f"calibrated on healthy held-out slices: flags {100 * calibrated['healthy_fraction']:g}% of their "
             "brain voxels")
-    used = {k: v for k, v in asdict(cfg).items() if k != ("level" if cfg.method == "ddim" else "depth")}
+    used = {k: getattr(cfg, k) for k in RECORDED if k != ("level" if cfg.method == "ddim" else "depth")}
     prov = provenance(
         loaded, task="anomaly", **{**used, **record}, scheduler="DDIMScheduler", eta=cfg.eta,
         simplex=SIMPLEX if cfg.method == "simplex" else None, axis=prepared.axis,
@@ -339,21 +285,19 @@ def _finish(image, prepared, brain, recon: np.ndarray, unguided: np.ndarray | No
 
 
 def anomaly_map(
-    image: np.ndarray, spacing: Sequence[float] | None = None, *, mask: np.ndarray | None = None,
-    axis: int = 0, indices: Sequence[int] | None = None, model: "str | os.PathLike | LoadedModel | None" = None,
-    callback=None, preprocess=None, force: bool = False, metadata: dict | None = None, **settings: Any,
+    image: np.ndarray, spacing: Sequence[float] | None = None,
+    model: "str | os.PathLike | LoadedModel | None" = None, *, settings: AnomalySettings | None = None,
+    mask: np.ndarray | None = None, metadata: dict | None = None, callback: Callable[[Progress], Any] | None = None,
+    **overrides: Any,
 ) -> AnomalyResult:
     """Anomaly heatmap of a 2D image or 3D volume; see :func:`iter_anomaly_map` and :class:`AnomalySettings`.
-    ``preprocess``/``force``/``metadata``: the domain check and the template space, as in
-    :func:`~napari_diffmed.ensemble.segment_ensemble`.
+    ``callback(Progress)`` is called per network call. ``settings.preprocess``/``force`` and ``metadata``: the
+    domain check and the template space, as in :func:`~napari_diffmed.ensemble.segment_ensemble`.
 
     >>> result = anomaly_map(scan, spacing=(1, 1, 1), method="gaussian", level=300, seed=0)  # doctest: +SKIP
     >>> result.heatmap.shape == scan.shape, int(result.labels().sum())  # doctest: +SKIP
     """
-    from .preprocess.run import iter_task
+    from .runner import iter_run
 
-    loaded = _load(model, settings.get("device", DEFAULTS.device))
-    make = lambda img, sp, ax, idx, m: iter_anomaly_map(  # noqa: E731
-        img, sp, mask=m, axis=ax, indices=idx, model=loaded, **settings)
-    return drive(iter_task("anomaly", make, image, spacing, loaded.card, preprocess=preprocess, force=force, axis=axis,
-                           indices=indices, mask=mask, metadata=metadata), callback)
+    return drive(iter_run("anomaly", image, spacing, model, settings=settings, mask=mask, metadata=metadata,
+                          **overrides), callback)

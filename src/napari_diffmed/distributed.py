@@ -1,12 +1,11 @@
 """Run a task over many NIfTI files on Dask distributed: one Dask task per file.
 
-Each command module exposes ``run_file(path, out_dir, **settings) -> list[Path]``
-(:func:`napari_diffmed.commands.common.file_runner`): the same code as the command
-line, so it reads the scan with :func:`napari_diffmed.io.read_nifti`, loads its model
-through the registry (``get_model`` caches it once per worker process), runs
-the task and writes NIfTI results into ``out_dir``. Only paths and plain
-settings travel through the scheduler, never a network. A file that fails is
-reported in its :class:`FileResult`; the other files carry on.
+Each registered task is :func:`napari_diffmed.batch.run_file`, the code the command line runs: it
+reads the scan, loads its model through the registry (cached once per worker process), runs the task
+as its settings say and writes the output set into ``out_dir``. Only paths, the task's settings
+object (:mod:`napari_diffmed.settings`) and plain options travel through the scheduler, never a
+network. Each worker runs one torch thread per task. A file that fails is reported in its
+:class:`FileResult`; the other files carry on.
 
 Dask is an optional extra: ``pip install "napari-diffmed[distributed]"``.
 """
@@ -25,11 +24,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Union
 
 from .io import is_nifti
 
-# Task name -> "module:function" implementing ``run_file(path, out_dir, **settings) -> list[Path]``.
+# Task name -> "module:function" implementing ``run_file(path, out_dir, settings=None, **options) -> list[Path]``.
 TASKS = {
-    "segment": "napari_diffmed.commands.segment:run_file",
-    "inpaint": "napari_diffmed.commands.inpaint:run_file",
-    "anomaly": "napari_diffmed.commands.anomaly:run_file",
+    "segment": "napari_diffmed.batch:segment_file",
+    "inpaint": "napari_diffmed.batch:inpaint_file",
+    "anomaly": "napari_diffmed.batch:anomaly_file",
 }
 
 PathLike = Union[str, os.PathLike]
@@ -118,6 +117,27 @@ def _collect(items: PathLike | Iterable[FileItem]) -> list[tuple[Path, dict[str,
     return jobs
 
 
+def _arguments(task: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A registered task's keyword arguments for :func:`napari_diffmed.batch.run_file`: a ``settings`` object
+    given as it is (other settings fields in ``options`` replace its own), else the command line's options by
+    their Python names (``members=8``, ``slices="40:52"``) made into one, at the command's defaults."""
+    if task not in TASKS:
+        return options
+    from .contract import TaskSettings
+
+    given = options.pop("settings", None)
+    if given is None:
+        from .commands.common import command_options
+
+        settings, files = command_options(task, options)
+        return {"settings": settings, **files}
+    if not isinstance(given, TaskSettings):
+        raise ValueError(f"settings must be a task's settings object, got {type(given).__name__}")
+    fields = set(given.fields())
+    return {"settings": given.replace(**{k: v for k, v in options.items() if k in fields}),
+            **{k: v for k, v in options.items() if k not in fields}}
+
+
 def run_one(path: str, out_dir: str, target: str, settings: dict[str, Any]) -> FileResult:
     """Run on a worker: the task function on one file, errors caught into the result."""
     start = time.perf_counter()
@@ -190,6 +210,10 @@ def map_files(
 ) -> list[FileResult]:
     """Run ``task`` on every file as one Dask task each; results in input order.
 
+    For a registered task, ``settings`` holds ``settings=`` the task's settings object (with any further
+    fields in place) and the other options of :func:`napari_diffmed.batch.run_file` (``model``,
+    ``overwrite``, ``mask``, ...), or else the command line's options by their Python names.
+
     ``task`` is a name in :data:`TASKS` or ``"module:function"``. ``paths`` is a
     folder or a list of files, where an item may be ``(path, {settings})`` to
     override ``settings`` for that file (e.g. its own mask). ``address``: None
@@ -202,16 +226,16 @@ def map_files(
     distributed = _import_distributed()
     target = resolve_task(task)
     _check_settings(settings, "setting")
-    jobs = _collect(paths)
+    jobs = [(path, _arguments(task, {**settings, **extra})) for path, extra in _collect(paths)]
     out = str(Path(out_dir).expanduser().absolute())
     token = uuid.uuid4().hex[:8]
     with _client(distributed, address) as client:
         futures = [
             client.submit(
-                run_one, str(path), out, target, {**settings, **extra},
+                run_one, str(path), out, target, arguments,
                 key=f"napari-diffmed-{task.split(':')[-1]}-{path.name}-{i}-{token}",
             )
-            for i, (path, extra) in enumerate(jobs)
+            for i, (path, arguments) in enumerate(jobs)
         ]
         order = {future.key: i for i, future in enumerate(futures)}
         by_index: dict[int, FileResult] = {}

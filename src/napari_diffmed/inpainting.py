@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Generator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Generator, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -27,41 +27,15 @@ from scipy import ndimage
 from .masks import as_binary_mask
 from .progress import Progress, Reporter, drive
 from .sampling import known_region
+from .settings import MODES, InpaintSettings, RepaintSchedule, settings_for  # noqa: F401 - public here
 
 if TYPE_CHECKING:
     from .models import LoadedModel
 
 
-@dataclass(frozen=True)
-class InpaintSettings:
-    """The RePaint schedule: DDIM ``steps``, jumps of ``jump_length`` steps, each stretch run ``resamplings`` times."""
-
-    steps: int
-    jump_length: int
-    resamplings: int
-    eta: float = 1.0
-
-
-# Fast: about a minute for a 12-slice slab with 3 proposals on 2 CPU cores (shipped 2D model).
-MODES = {"fast": InpaintSettings(20, 5, 2), "quality": InpaintSettings(50, 5, 4)}
-DEFAULT_MODEL = "mni_t1_axial_64"
 PREVIEW_SECONDS = 0.5
-
-
-@dataclass(frozen=True)
-class InpaintDefaults:
-    """What a run uses when given only the image and mask (shared by the API, CLI and widget)."""
-
-    model: str = DEFAULT_MODEL
-    class_name: str = "healthy"
-    mode: str = "fast"
-    proposals: int = 3
-    seed: int = 0
-    axis: int = 0
-    batch_size: int = 48
-
-
-DEFAULTS = InpaintDefaults()
+DEFAULTS = InpaintSettings()
+DEFAULT_MODEL = DEFAULTS.model
 
 
 @dataclass
@@ -76,31 +50,13 @@ class InpaintResult:
     messages: list[str]
 
 
-def settings_for(mode: str = DEFAULTS.mode, steps: int | None = None, jump_length: int | None = None,
-                 resamplings: int | None = None) -> InpaintSettings:
-    """A mode's preset with any explicitly given numbers in place of its own; checked."""
-    if mode not in MODES:
-        raise ValueError(f"mode {mode!r} is not one of {sorted(MODES)}")
-    given = {k: v for k, v in dict(steps=steps, jump_length=jump_length, resamplings=resamplings).items()
-             if v is not None}
-    s = replace(MODES[mode], **given)
-    for key in ("steps", "jump_length", "resamplings"):
-        value = getattr(s, key)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{key} must be a whole number >= 1, got {value!r}")
-    if not 2 <= s.steps <= 1000:
-        raise ValueError(f"steps must be from 2 to 1000, got {s.steps}")
-    if s.resamplings > 1 and s.jump_length >= s.steps:
-        raise ValueError(f"jump_length must be from 1 to steps - 1 = {s.steps - 1}, got {s.jump_length}")
-    return s
-
-
-def repaint_schedule(settings: InpaintSettings, num_train_timesteps: int = 1000) -> list[int]:
+def repaint_schedule(settings: "RepaintSchedule | InpaintSettings", num_train_timesteps: int = 1000) -> list[int]:
     """Timesteps visited, ending in -1, on MONAI's DDIM grid (multiples of ``num_train // steps``).
 
     After each ``jump_length``-th step (not the last) the path goes back up
     ``jump_length`` steps, ``resamplings - 1`` times, before moving on.
     """
+    settings = getattr(settings, "schedule", settings)
     stride = num_train_timesteps // settings.steps
     grid = [k * stride for k in range(settings.steps - 1, -1, -1)] + [-1]
     jumps_left = {p: settings.resamplings - 1 for p in range(settings.jump_length, settings.steps,
@@ -139,18 +95,12 @@ def edge_energy(image: np.ndarray, quantile: float = 0.9) -> float:
     return float((edges**2).mean())
 
 
-def describe(settings: InpaintSettings) -> str:
+def describe(settings: "RepaintSchedule | InpaintSettings") -> str:
     """One line saying what a schedule costs, e.g. for a label before the run."""
+    settings = getattr(settings, "schedule", settings)
     calls = count_network_calls(repaint_schedule(settings))
     return (f"DDIM {settings.steps} steps, jumps of {settings.jump_length} x{settings.resamplings}, "
             f"eta {settings.eta:g}: {calls} network calls per batch")
-
-
-def image_model(model: "str | os.PathLike | LoadedModel | None" = None, device: str = "auto") -> "LoadedModel":
-    """A loaded image model: a name, a path to ``NAME.safetensors``, a loaded model, or the default."""
-    from .models import load_for_task
-
-    return load_for_task(model or DEFAULTS.model, "image", device, "inpainting")
 
 
 def _class(card, class_name, notes: list[str]) -> tuple[int | None, str | None]:
@@ -205,44 +155,42 @@ def _grid_masks(prepared, fill3: np.ndarray, card, dilate: int) -> tuple[np.ndar
 
 def iter_inpaint(
     image: np.ndarray, mask: np.ndarray, spacing: Sequence[float] | None = None,
-    model: "str | os.PathLike | LoadedModel | None" = None, class_name: str | int | None = DEFAULTS.class_name,
-    steps: int | None = None, jump_length: int | None = None, resamplings: int | None = None,
-    proposals: int = DEFAULTS.proposals, seed: int | None = DEFAULTS.seed, mode: str = DEFAULTS.mode,
-    axis: int = DEFAULTS.axis, indices: Sequence[int] | None = None, device: str = "auto",
-    batch_size: int = DEFAULTS.batch_size, preview: bool = True, dilate: int = 1,
+    model: "str | os.PathLike | LoadedModel | None" = None, *, settings: InpaintSettings | None = None,
+    preview: float | None = PREVIEW_SECONDS, **overrides: Any,
 ) -> Generator[Progress, None, InpaintResult]:
-    """Yield :class:`Progress` per network call and return an :class:`InpaintResult`.
+    """Yield :class:`Progress` per network call and return an :class:`InpaintResult`, on the scan as given.
 
-    ``preview`` (throttled) is proposal 0's current x0 estimate pasted into the
-    image, on the input grid. ``mode`` picks a preset schedule (:data:`MODES`);
-    ``steps``, ``jump_length`` and ``resamplings`` override it. ``axis`` and
-    ``indices`` choose the slices a 2D model may work on; ``dilate`` widens the
-    region the model regenerates on its grid (the final paste stays exact).
+    ``settings`` (default :data:`DEFAULTS`) with ``overrides`` (its fields) in place; ``model`` (a name, a
+    path or a loaded model) takes the place of ``settings.model``; ``settings.preprocess``/``force`` are
+    applied by :func:`inpaint` and :func:`napari_diffmed.batch.run_file`, not here. ``preview`` (seconds
+    between previews, None for none) is proposal 0's current x0 estimate pasted into the image, on the
+    input grid. ``mode`` picks a preset schedule (:data:`MODES`); ``steps``, ``jump_length`` and
+    ``resamplings`` override it. ``axis`` and ``indices`` choose the slices a 2D model may work on;
+    ``dilate`` widens the region the model regenerates on its grid (the final paste stays exact).
     """
     import torch
 
     from .device import make_generator, resolve_seed
+    from .models import load
     from .provenance import provenance
     from .sampling import Conditioning, iter_denoise, make_scheduler
     from .validation import check_finite_result, check_task_inputs
     from .volumes import as_volume, prepare
 
-    settings = settings_for(mode, steps, jump_length, resamplings)
-    for key, value, top in (("proposals", proposals, 64), ("batch_size", batch_size, 4096), ("dilate", dilate, 8)):
-        low = 0 if key == "dilate" else 1
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= top:
-            raise ValueError(f"{key} must be a whole number from {low} to {top}, got {value!r}")
-    check_task_inputs(image, spacing, mask=mask, axis=axis, indices=indices, seed=seed, copies=2 * proposals + 6,
+    s = InpaintSettings.build(settings, **overrides)
+    settings = s.schedule
+    proposals, axis, indices, batch_size, dilate = s.proposals, s.axis, s.indices, s.batch_size, s.dilate
+    check_task_inputs(image, spacing, mask=mask, axis=axis, indices=indices, seed=s.seed, copies=2 * proposals + 6,
                       what=f"{proposals} proposals")
     arr = np.asarray(image)
     as_volume(arr, spacing)  # checks dims, values and spacing
     dtype = np.result_type(arr.dtype, np.float32)
     source = arr.astype(dtype)
     fill, notes = as_binary_mask(mask, arr.shape)
-    loaded = image_model(model, device)
+    loaded = load("inpainting", s.model if model is None else model, s.device)
     card, net = loaded.card, loaded.network
     dev = next(net.parameters()).device
-    label, cls = _class(card, class_name, notes)
+    label, cls = _class(card, s.class_name, notes)
     fill3 = fill if arr.ndim == 3 else fill[None]
     process = _select(fill3, card, axis, indices, arr.ndim)
     if card.spatial_dims == 2:
@@ -251,8 +199,8 @@ def iter_inpaint(
         moved[np.setdiff1d(np.arange(len(moved)), process)] = False
         if left:
             notes.append(f"{left} mask voxels lie on slices outside the chosen range and were left as they are")
-    seed = resolve_seed(seed)
-    record: dict[str, Any] = dict(task="inpaint", class_name=cls, mode=mode, scheduler="DDIMScheduler", **vars(settings),
+    seed = resolve_seed(s.seed)
+    record: dict[str, Any] = dict(task="inpaint", class_name=cls, mode=s.mode, scheduler="DDIMScheduler", **vars(settings),
                                   proposals=int(proposals), seed=seed, axis=axis, device=str(dev))
     if not fill.any():
         notes.append("the mask is empty: the image is returned unchanged")
@@ -284,7 +232,7 @@ def iter_inpaint(
     sched = make_scheduler(card, "ddim", settings.steps, device=dev)
     gen = make_generator(seed, dev)
     out = np.empty_like(known_all)
-    shown, report = prepared.data.copy(), Reporter(total, PREVIEW_SECONDS if preview else None)
+    shown, report = prepared.data.copy(), Reporter(total, preview)
 
     def randn(shape):
         return torch.randn(shape, generator=gen, device=gen.device).to(dev)
@@ -331,21 +279,13 @@ def _compose(prepared, fills: np.ndarray, fill3: np.ndarray, source: np.ndarray,
 
 def inpaint(
     image: np.ndarray, mask: np.ndarray, spacing: Sequence[float] | None = None,
-    model: "str | os.PathLike | LoadedModel | None" = None, class_name: str | int | None = DEFAULTS.class_name,
-    steps: int | None = None, jump_length: int | None = None, resamplings: int | None = None,
-    proposals: int = DEFAULTS.proposals, seed: int | None = DEFAULTS.seed, mode: str = DEFAULTS.mode,
-    axis: int = DEFAULTS.axis, indices: Sequence[int] | None = None, device: str = "auto",
-    batch_size: int = DEFAULTS.batch_size, dilate: int = 1, on_progress=None, preprocess=None, force: bool = False,
-    metadata: dict | None = None,
+    model: "str | os.PathLike | LoadedModel | None" = None, *, settings: InpaintSettings | None = None,
+    metadata: dict | None = None, callback: Callable[[Progress], Any] | None = None, **overrides: Any,
 ) -> InpaintResult:
-    """Inpaint ``mask`` in ``image`` (see :func:`iter_inpaint`); ``on_progress(Progress)`` is called per step.
-    ``preprocess``/``force``/``metadata``: the domain check and the template space, as in
+    """Inpaint ``mask`` in ``image`` (see :func:`iter_inpaint`); ``callback(Progress)`` is called per step.
+    ``settings.preprocess``/``force`` and ``metadata``: the domain check and the template space, as in
     :func:`~napari_diffmed.ensemble.segment_ensemble`."""
-    from .preprocess.run import iter_task
+    from .runner import iter_run
 
-    loaded = image_model(model, device)
-    make = lambda img, sp, ax, idx, m: iter_inpaint(  # noqa: E731
-        img, mask if m is None else m, sp, loaded, class_name, steps, jump_length, resamplings, proposals, seed,
-        mode, ax, idx, device, batch_size, preview=False, dilate=dilate)
-    return drive(iter_task("inpainting", make, image, spacing, loaded.card, preprocess=preprocess, force=force,
-                           axis=axis, indices=indices, mask=mask, metadata=metadata), on_progress)
+    return drive(iter_run("inpainting", image, spacing, model, settings=settings, mask=mask, metadata=metadata,
+                          **overrides), callback)

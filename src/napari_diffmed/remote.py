@@ -26,13 +26,13 @@ from .progress import Progress, drive
 from .server_list import ENV_CONFIG, ENV_TOKEN, config_path, save_server, saved_servers, token_for  # noqa: F401
 from .wire import decode_result, from_npy, grow_preview, jsonable, to_npy
 
-# plain form -> (module, iter form, name of its progress callback)
+# plain form -> (module, iter form)
 TASKS = {
-    "synthesize": ("synthesis", "iter_synthesize", "callback"),
-    "guidance_sweep": ("synthesis", "iter_guidance_sweep", "callback"),
-    "segment_ensemble": ("ensemble", "iter_segment_ensemble", "callback"),
-    "inpaint": ("inpainting", "iter_inpaint", "on_progress"),
-    "anomaly_map": ("anomaly", "iter_anomaly_map", "callback"),
+    "synthesize": ("synthesis", "iter_synthesize"),
+    "guidance_sweep": ("synthesis", "iter_guidance_sweep"),
+    "segment_ensemble": ("ensemble", "iter_segment_ensemble"),
+    "inpaint": ("inpainting", "iter_inpaint"),
+    "anomaly_map": ("anomaly", "iter_anomaly_map"),
 }
 
 
@@ -132,22 +132,18 @@ class Client:
             raise ValueError(f"model {name!r} is a {card.task} model; this needs a {task} model")
         return RemoteModel(card, f"{card.name}@{card.weights_sha256[:12]}", f"{self.url}/models/{name}")
 
-    def load_image_model(self, model: str | None = None, device: str = "auto") -> RemoteModel:
-        from .models import default_model
-
-        return self.model(_name(model) or default_model("image", 2, "synthesis"), "image")
-
-    def image_model(self, model: str | None = None, device: str = "auto") -> RemoteModel:
-        from .inpainting import DEFAULTS
-
-        return self.model(_name(model) or DEFAULTS.model, "image")
-
-    def segmentation_model(self, model: str | None = None, device: str = "auto") -> RemoteModel:
+    def load(self, task: str, model: str | None = None, device: str = "auto") -> RemoteModel:
+        """The server's model for ``task``, as :func:`napari_diffmed.models.load` names it (``device``: the
+        server's own)."""
         from .ensemble import check_segmentation_card
-        from .models import default_model
+        from .models.registry import TASK_MODELS, default_model
 
-        loaded = self.model(_name(model) or default_model("segmentation", 2), "segmentation")
-        check_segmentation_card(loaded.card)
+        if task not in TASK_MODELS:
+            raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASK_MODELS)}")
+        kind = TASK_MODELS[task][0]
+        loaded = self.model(_name(model) or default_model(kind, 2, task), kind)
+        if task == "segmentation":
+            check_segmentation_card(loaded.card)
         return loaded
 
     def run(self, task: str, arguments: dict[str, Any]) -> Generator[Progress, None, Any]:
@@ -155,11 +151,21 @@ class Client:
         Closing the generator cancels the job on the server."""
         import httpx
 
-        arrays = {k: np.asarray(v) for k in ("image", "mask") if (v := arguments.pop(k, None)) is not None}
+        arrays = {k: np.asarray(v) for k in ("image", "mask", "fixed") if (v := arguments.pop(k, None)) is not None}
         arguments.pop("device", None)  # the server's device
-        if arguments.get("model") is not None:
+        arguments.pop("metadata", None)  # the reader's header stays here; the server checks the scan itself
+        settings = arguments.pop("settings", None)
+        if arguments.get("model") is None:
+            arguments.pop("model", None)  # None: the settings' model (or the server's default)
+        else:
             arguments["model"] = _name(arguments["model"])
         body = {"task": task, "kwargs": jsonable(arguments)}
+        if settings is not None:  # the task's settings object, as its JSON fields (the server rebuilds it)
+            fields = settings.to_dict()
+            fields.pop("device", None)
+            if fields.get("model") is not None:
+                fields["model"] = _name(fields["model"])
+            body["settings"] = fields
         sent = received = 0
         start = time.perf_counter()
         try:
@@ -263,9 +269,8 @@ def _preview(data: dict[str, Any] | None) -> np.ndarray | None:
 
 
 def _make(plain: str, iter_form: bool) -> Callable[..., Any]:
-    module, iter_name, callback = TASKS[plain]
+    module, iter_name = TASKS[plain]
     local = getattr(importlib.import_module(f"napari_diffmed.{module}"), iter_name if iter_form else plain)
-    iter_params = inspect.signature(getattr(importlib.import_module(f"napari_diffmed.{module}"), iter_name)).parameters
 
     def method(self: Client, *args: Any, **kwargs: Any) -> Any:
         bound = inspect.signature(local).bind(*args, **kwargs)
@@ -275,10 +280,9 @@ def _make(plain: str, iter_form: bool) -> Callable[..., Any]:
                 arguments.update(arguments.pop(name, {}))
         if iter_form:
             return self.run(iter_name, arguments)
-        progress = arguments.pop(callback, None)
-        if "preview" in iter_params and "preview" not in arguments:
-            arguments["preview"] = False  # as the plain local form
-        return drive(self.run(iter_name, arguments), progress)
+        progress = arguments.pop("callback", None)
+        arguments.setdefault("preview", None)  # as the plain local form
+        return drive(self.run(plain, arguments), progress)
 
     method.__name__ = method.__qualname__ = iter_name if iter_form else plain
     sig = inspect.signature(local)

@@ -167,7 +167,7 @@ class AnomalyWidget(Container):
         self._scores = None
         n = 1 if card.spatial_dims == 3 or data.ndim == 2 else len(set(indices or range(data.shape[0])))
         make = lambda img, sp, ax, idx, m: iter_anomaly_map(  # noqa: E731
-            img, sp, mask=m, axis=ax, indices=idx, model=model, preview_interval=0.5, **settings)
+            img, sp, mask=m, axis=ax, indices=idx, model=model, preview=0.5, **settings)
         meta = dict(layer.metadata)
         job = lambda: self.prep.job("anomaly", make, data, spacing, card, 0, indices, metadata=meta)  # noqa: E731
         worker = self.runner.start(job, total=planned_calls(card, n, replace(DEFAULTS, **settings)),

@@ -176,7 +176,8 @@ class SegmentationWidget(Container):
             depth = image.data.shape[self.axis.value] if image.ndim == 3 else 1
             indices = check_slices(indices, depth, self.axis.value)
             n = 1 if card.spatial_dims == 3 else len(indices) if indices is not None else depth
-            total = planned_calls(card, n, self.members.value, self.steps.value, self.scheduler.value)
+            total = planned_calls(card, n, members=self.members.value, steps=self.steps.value,
+                                  scheduler=self.scheduler.value)
         except (ValueError, OSError) as err:
             self._fail(str(err))
             return None

@@ -151,8 +151,7 @@ class SynthesisWidget(Container):
         try:
             scales = self._sweep_scales() if sweep else [settings.guidance]
             for w in scales:
-                check_settings(self._card, settings.n, settings.steps, settings.scheduler, settings.class_name,
-                               w, settings.eta, settings.device)
+                check_settings(self._card, settings.replace(guidance=w), device=True)
         except ValueError as err:
             self._fail(str(err))
             return None

@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..anomaly import COMPARES, DEFAULTS, METHODS
-from ..outputs import OutputSet
-from .common import (add_common, add_preprocess, domain_notices, file_runner, on_server, preprocess_kwargs, printer,
-                     write_sidecar)
+from .common import add_common, add_preprocess, domain_notices, file_runner, indices_from, preprocess_from, printer
 
 
 def add_parser(subparsers) -> None:
@@ -47,78 +45,29 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def settings_from(args: argparse.Namespace):
+    """The run's :class:`~napari_diffmed.settings.AnomalySettings` from the command's options."""
+    from ..settings import AnomalySettings
+
+    return AnomalySettings(method=args.method, level=args.level, depth=args.depth, guidance=args.guidance,
+                           compare=args.compare, negative=args.negative, reconstructions=args.reconstructions,
+                           steps=args.steps, smoothing=args.smoothing, seed=args.seed, device=args.device,
+                           axis=args.axis, indices=indices_from(args.slices), **preprocess_from(args))
+
+
+def file_options(args: argparse.Namespace) -> dict:
+    """The options of :func:`napari_diffmed.batch.run_file` that are not settings."""
+    return dict(model=args.model, mask=args.mask, reference=args.reference, threshold=args.threshold,
+                series=args.series, overwrite=args.overwrite, server=args.server)
+
+
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
+    from ..batch import run_file
 
-    from ..anomaly import anomaly_map
-    from ..evaluation.anomaly import anomaly_scores
-    from ..io import read_scan, write_nifti
-    from ..slices import check_slices, parse_slices
-    from ..validation import check_threshold
-
-    (anomaly_map,) = on_server(args, anomaly_map)
-    if args.threshold is not None:
-        check_threshold(args.threshold, "--threshold")
-    scan, kwargs, _ = read_scan(args.scan, as_labels=False, series=args.series)
-    if scan.ndim not in (2, 3):
-        raise ValueError(f"{args.scan}: expected a 2D or 3D scan, got shape {scan.shape}")
-    indices = check_slices(parse_slices(args.slices), scan.shape[args.axis] if scan.ndim == 3 else 1, args.axis)
-    masks = {}
-    for name in ("mask", "reference"):
-        path = getattr(args, name)
-        if path is not None:
-            masks[name] = read_scan(path, as_labels=True)[0] > 0
-            if masks[name].shape != scan.shape:
-                raise ValueError(f"--{name} {path} has shape {masks[name].shape}, the scan {scan.shape}")
-    stem = kwargs["name"]
-    k = args.reconstructions
-    names = {"heatmap": "anomaly_heatmap", "reconstruction": "pseudo_healthy", "labels": "anomaly_mask",
-             "brain": "brain_mask", **({"variance": "anomaly_variance"} if k > 1 else {})}
-    paths = {key: args.out / f"{stem}_{suffix}.nii.gz" for key, suffix in names.items()}
-    sidecar = args.out / f"{stem}_anomaly.json"
-    outputs = OutputSet(args.out, paths.values(), sidecar, args.overwrite)
-    settings = dict(method=args.method, guidance=args.guidance, compare=args.compare, negative=args.negative,
-                    reconstructions=k,
-                    steps=args.steps,
-                    smoothing=args.smoothing, seed=args.seed, device=args.device,
-                    **({"depth": args.depth} if args.method == "ddim" else {"level": args.level}))
-    log = (lambda *a: None) if args.quiet else print
-    log(f"anomaly: {args.scan} {scan.shape}, model {args.model or 'mni_t1_axial_64 (default)'}, "
-        + ", ".join(f"{key}={value}" for key, value in settings.items())
-        + f", axis={args.axis}, slices={args.slices or 'all'}")
-    extra = {"model": args.model}
-    if args.server is None:  # the card says whether to preprocess
-        from ..models import load_for_task
-
-        loaded = load_for_task(args.model, "image", args.device, "an anomaly map")
-        extra = {"model": loaded, **preprocess_kwargs(args, loaded.card, kwargs["metadata"])}
+    settings = settings_from(args)
     with domain_notices("anomaly"):
-        result = anomaly_map(scan, kwargs["metadata"]["spacing"], mask=masks.get("mask"), axis=args.axis,
-                             indices=indices, callback=printer(args.quiet), **extra, **settings)
-    threshold = result.threshold if args.threshold is None else float(args.threshold)
-    for note in result.messages:
-        log(f"  notice: {note}")
-    with outputs.staging() as stage:
-        meta = kwargs["metadata"]
-        arrays = {"heatmap": (result.heatmap, False), "reconstruction": (result.reconstruction, False),
-                  "labels": (result.labels(threshold), True), "brain": (result.brain_mask.astype(np.uint8), True),
-                  "variance": (result.variance, False)}
-        for key, path in paths.items():
-            data, labels = arrays[key]
-            write_nifti(stage(path), data, meta, labels=labels, overwrite=args.overwrite)
-            log(f"  wrote {path}")
-        record = {**result.provenance, "scan": str(args.scan), "threshold": threshold,
-                  "messages": result.messages,
-                  "files": {key: str(path) for key, path in paths.items()}}
-        if "reference" in masks:
-            try:
-                record["scores"] = anomaly_scores(result.heatmap, masks["reference"], threshold, result.brain_mask)
-                log("  " + ", ".join(f"{key} {value:.3f}" for key, value in record["scores"].items()))
-            except ValueError as err:  # e.g. no lesion inside the brain mask: keep the results, say why
-                record["scores"] = f"not scored: {err}"
-                log(f"  {record['scores']}")
-        write_sidecar(stage(sidecar), record, overwrite=args.overwrite)
-    log(f"  wrote {sidecar} ({result.provenance['seconds']:.0f} s of model time)")
+        run_file("anomaly", args.scan, args.out, settings, callback=printer(args.quiet),
+                 log=None if args.quiet else print, **file_options(args))
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -54,18 +53,22 @@ def add_preprocess(parser: argparse.ArgumentParser) -> None:
                        help="run even where the scan is outside the model's training domain (e.g. a T2 or b0 image)")
 
 
-def preprocess_kwargs(args: argparse.Namespace, card, metadata: dict | None) -> dict[str, Any]:
-    """``preprocess``, ``force`` and ``metadata`` for a task function from :func:`add_preprocess`'s flags
-    (none with ``--server``: the server runs the task as it is)."""
-    from ..preprocess import PreprocessSettings, in_template_space
+def preprocess_from(args: argparse.Namespace) -> dict[str, Any]:
+    """``preprocess`` and ``force`` settings from :func:`add_preprocess`'s flags: "auto" (the defaults, where the
+    model's card names a template), the stages chosen, or None."""
+    from ..preprocess import PreprocessSettings
 
-    if getattr(args, "server", None) is not None:
-        return {}
+    if args.preprocess == "none":
+        return {"preprocess": None, "force": args.force}
+    chosen = PreprocessSettings(n4=args.n4, register=args.register, skull_strip=args.skull_strip)
+    return {"preprocess": "auto" if chosen == PreprocessSettings() else chosen, "force": args.force}
 
-    pre = None
-    if args.preprocess == "auto" and in_template_space(card):
-        pre = PreprocessSettings(n4=args.n4, register=args.register, skull_strip=args.skull_strip)
-    return {"preprocess": pre, "force": args.force, "metadata": metadata}
+
+def indices_from(slices: Any) -> list[int] | None:
+    """``--slices`` (START:STOP or I,J,K, already parsed or not) as slice indices; None for every slice."""
+    from ..slices import parse_slices
+
+    return parse_slices(slices) if isinstance(slices, str) or slices is None else [int(i) for i in slices]
 
 
 @contextmanager
@@ -83,14 +86,6 @@ def domain_notices(command: str):
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-def write_sidecar(path: Path, record: dict[str, Any], overwrite: bool = False) -> Path:
-    """Write a JSON provenance file beside the results."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    return path
-
-
 def printer(quiet: bool):
     """A progress callback printing ``done/total`` on one line."""
     def show(event) -> None:
@@ -100,64 +95,42 @@ def printer(quiet: bool):
     return show
 
 
-def file_runner(command: str, *positional: str) -> Callable[..., list[Path]]:
-    """``run_file(path, out_dir, **settings) -> list[Path]``: subcommand ``command`` on one scan.
+def file_runner(command: str) -> Callable[..., list[Path]]:
+    """``run_file(path, out_dir, **options) -> list[Path]``: subcommand ``command`` on one scan, with its
+    options by their Python names (``steps=20``, ``slices="40:52"``, ``overwrite=True``; inpainting's
+    ``mask``), through :func:`napari_diffmed.batch.run_file`. Returns the files of the scan's output set
+    (when the whole set exists already and ``overwrite`` is off, that set: a rerun skips finished files)."""
 
-    This is the Dask entry point (:mod:`napari_diffmed.distributed`): ``settings`` are the
-    command's options by their Python names (``steps=20``, ``class_name="healthy"``,
-    ``overwrite=True``), checked by the command's own parser; ``positional`` names the
-    further positional arguments to take from ``settings`` (inpainting's ``mask``). Returns
-    the files the run wrote, or, when the file's whole output set exists already (and
-    ``overwrite`` is off), that set: a rerun skips finished files.
-    """
+    def run_file(path: str | os.PathLike, out_dir: str | os.PathLike, **options: Any) -> list[Path]:
+        from ..batch import run_file as run
 
-    def run_file(path: str | os.PathLike, out_dir: str | os.PathLike, **settings: Any) -> list[Path]:
-        from ..cli import build_parser
-        from ..outputs import OutputSetComplete
-
-        parser = build_parser()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
-        missing = [name for name in positional if name not in settings]
-        if missing:
-            raise ValueError(f"{command} needs {missing} for {path}")
-        argv = [command, str(path), *(str(settings.pop(name)) for name in positional), "--out", str(out_dir)]
-        argv += _options(sub, command, {"quiet": True, **settings})
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit:
-            raise ValueError(f"invalid {command} settings {settings} (see napari-diffmed {command} --help)") from None
-        out = Path(out_dir)
-        before = _stamps(out)
-        try:
-            args.func(args)
-        except OutputSetComplete as done:  # a rerun: this file's set is finished already
-            return sorted(done.files)
-        return sorted(p for p, stamp in _stamps(out).items() if before.get(p) != stamp)
+        settings, files = command_options(command, options)
+        return run(command, path, out_dir, settings, **files)
 
     run_file.__name__ = run_file.__qualname__ = "run_file"
     return run_file
 
 
-def _options(parser: argparse.ArgumentParser, command: str, settings: dict[str, Any]) -> list[str]:
-    """Settings as command-line options of ``parser``."""
-    by_dest = {a.dest: a for a in parser._actions if a.option_strings}
-    unknown = sorted(set(settings) - set(by_dest))
+def command_options(command: str, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(the task's settings, the other options of :func:`napari_diffmed.batch.run_file`) from subcommand
+    ``command``'s options by their Python names, the rest at the command's own defaults."""
+    import importlib
+
+    from ..cli import build_parser
+
+    module = importlib.import_module(f"napari_diffmed.commands.{command}")
+    needs = [name for name in getattr(module, "POSITIONAL", ()) if name not in options]
+    if needs:
+        raise ValueError(f"{command} needs {needs}")
+    placeholders = ["-"] * (1 + len(getattr(module, "POSITIONAL", ())))
+    defaults = vars(build_parser().parse_args([command, *placeholders, "--out", "-"]))  # the command's defaults
+    known = set(defaults) - {"func", "command", "scan", "out", "quiet"}
+    unknown = sorted(set(options) - known - set(getattr(module, "POSITIONAL", ())) - {"quiet"})
     if unknown:
-        raise ValueError(f"unknown {command} settings {unknown}; known: {sorted(set(by_dest) - {'help'})}")
-    argv: list[str] = []
-    for key, value in settings.items():
-        action = by_dest[key]
-        flag = action.option_strings[-1]
-        if isinstance(action, argparse._StoreTrueAction):
-            argv += [flag] if value else []
-        elif isinstance(action, argparse.BooleanOptionalAction):  # --n4 / --no-n4
-            argv += [action.option_strings[0] if value else action.option_strings[1]]
-        elif value is not None:
-            argv += [flag, *(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))]
-    return argv
-
-
-def _stamps(folder: Path) -> dict[Path, tuple[int, int]]:
-    if not folder.is_dir():
-        return {}
-    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()}
+        raise ValueError(f"unknown {command} settings {unknown}; known: {sorted(known)}")
+    args = argparse.Namespace(**{**defaults, **options, "quiet": True})
+    try:
+        settings = module.settings_from(args)
+    except ValueError as err:
+        raise ValueError(f"invalid {command} settings: {err}") from None
+    return settings, module.file_options(args)

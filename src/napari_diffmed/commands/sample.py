@@ -8,7 +8,8 @@ from pathlib import Path
 from ..outputs import OutputSet, file_prefix
 from ..sampling import SCHEDULER_NAMES
 from ..synthesis import DEFAULTS, MAX_SAMPLES
-from .common import add_common, on_server, printer, write_sidecar
+from ..batch import write_sidecar
+from .common import add_common, on_server, printer
 
 
 def add_parser(subparsers) -> None:
@@ -61,23 +62,25 @@ def _write(paths: list[Path], result, overwrite: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import ModelCard, default_model, resolve
+    from ..models import ModelCard, default_model, load, resolve
     from ..models.checkpoint import card_path
-    from ..synthesis import check_settings, guidance_sweep, load_image_model, synthesize
+    from ..synthesis import SynthesisSettings, check_settings, guidance_sweep, synthesize
 
-    guidance_sweep, load_image_model, synthesize = on_server(args, guidance_sweep, load_image_model, synthesize)
+    guidance_sweep, load, synthesize = on_server(args, guidance_sweep, load, synthesize)
     class_name = int(args.class_name) if args.class_name is not None and args.class_name.isdigit() else args.class_name
     if args.server is None:
         card = ModelCard.read(card_path(resolve(args.model or default_model("image", 2, "synthesis"))))  # no weights
     else:
-        card = load_image_model(args.model).card  # the server's card
+        card = load("synthesis", args.model).card  # the server's card
     tags = [f"_w{w:g}" for w in args.sweep] if args.sweep else [""]
     targets = _targets(args.out, args.prefix, args.n, card.spatial_dims, tags)
     sidecar = args.out / f"{args.prefix}.json"
     outputs = OutputSet(args.out, sum(targets, []), sidecar, args.overwrite)
+    settings = SynthesisSettings(n=args.n, steps=args.steps, scheduler=args.scheduler, seed=args.seed,
+                                 class_name=class_name, guidance=args.guidance, device=args.device, eta=args.eta)
     for w in args.sweep or [args.guidance]:
-        check_settings(card, args.n, args.steps, args.scheduler, class_name, w, args.eta)
-    loaded = load_image_model(args.model, args.device)  # after the checks: loading takes a while
+        check_settings(card, settings.replace(guidance=w))
+    loaded = load("synthesis", args.model, args.device)  # after the checks: loading takes a while
     if not args.quiet:
         what = f"guidance sweep {list(args.sweep)}" if args.sweep else f"guidance {args.guidance:g}"
         what = f"class {class_name if class_name is not None else card.class_names[0]}, {what}, " \
@@ -85,12 +88,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"model {loaded.model_id} ({card.spatial_dims}D, {loaded.path})")
         print(f"sampling {args.n} with {args.scheduler} x {args.steps} steps, seed {args.seed}, {what}"
               f"device {args.device}")
-    common = dict(n=args.n, steps=args.steps, scheduler=args.scheduler, seed=args.seed, class_name=class_name,
-                  device=args.device, eta=args.eta, callback=printer(args.quiet))
     if args.sweep:
-        results = guidance_sweep(loaded, scales=args.sweep, **common).results
+        results = guidance_sweep(loaded, scales=args.sweep, settings=settings, callback=printer(args.quiet)).results
     else:
-        results = [synthesize(loaded, guidance=args.guidance, **common)]
+        results = [synthesize(loaded, settings=settings, callback=printer(args.quiet))]
     with outputs.staging() as stage:
         for paths, result in zip(targets, results):
             _write([stage(p) for p in paths], result, args.overwrite)

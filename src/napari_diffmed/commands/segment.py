@@ -6,13 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..ensemble import DEFAULTS, RULES
-from ..outputs import OutputSet
 from ..sampling import SCHEDULER_NAMES
-from .common import (add_common, add_preprocess, domain_notices, file_runner, on_server, preprocess_kwargs, printer,
-                     write_sidecar)
-
-OUTPUTS = {"labels": "seg_labels", "mean": "seg_mean", "votes": "seg_votes", "variance": "seg_variance",
-           "entropy": "seg_entropy", "mutual_information": "seg_mutual_information"}
+from .common import add_common, add_preprocess, domain_notices, file_runner, indices_from, preprocess_from, printer
 
 
 def add_parser(subparsers) -> None:
@@ -48,57 +43,28 @@ def add_parser(subparsers) -> None:
     add_preprocess(p)
 
 
+def settings_from(args: argparse.Namespace):
+    """The run's :class:`~napari_diffmed.settings.EnsembleSettings` from the command's options."""
+    from ..settings import EnsembleSettings
+
+    return EnsembleSettings(members=args.members, steps=args.steps, scheduler=args.scheduler, seed=args.seed,
+                            chunk=args.chunk, rule=args.rule, threshold=args.threshold, axis=args.axis,
+                            indices=indices_from(args.slices), device=args.device, **preprocess_from(args))
+
+
+def file_options(args: argparse.Namespace) -> dict:
+    """The options of :func:`napari_diffmed.batch.run_file` that are not settings."""
+    return dict(model=args.model, reference=args.reference, series=args.series, overwrite=args.overwrite,
+                server=args.server)
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..ensemble import segment_ensemble, segmentation_model
-    from ..io import read_scan, write_nifti
-    from ..slices import check_slices, parse_slices
+    from ..batch import run_file
 
-    segment_ensemble, segmentation_model = on_server(args, segment_ensemble, segmentation_model)
-    log = (lambda *a: None) if args.quiet else print
-    if not 0 <= args.threshold <= 1:
-        raise ValueError(f"--threshold must be from 0 to 1, got {args.threshold}")
-    scan, kwargs, _ = read_scan(args.scan, as_labels=False, series=args.series)
-    if scan.ndim not in (2, 3):
-        raise ValueError(f"{args.scan}: expected a 2D or 3D scan, got shape {scan.shape}")
-    reference = None
-    if args.reference is not None:
-        reference = read_scan(args.reference, as_labels=True)[0] > 0
-        if reference.shape != scan.shape:
-            raise ValueError(f"--reference {args.reference} has shape {reference.shape}, the scan {scan.shape}")
-    indices = check_slices(parse_slices(args.slices), scan.shape[args.axis] if scan.ndim == 3 else 1, args.axis)
-    stem = kwargs["name"]
-    paths = {key: args.out / f"{stem}_{suffix}.nii.gz" for key, suffix in OUTPUTS.items()}
-    sidecar = args.out / f"{stem}_segment.json"
-    outputs = OutputSet(args.out, paths.values(), sidecar, args.overwrite)
-    loaded = segmentation_model(args.model, args.device)  # after every check of the input: loading takes a while
-    log(f"segment: {args.scan} {scan.shape}, model {loaded.model_id} ({loaded.path}), members={args.members}, "
-        f"steps={args.steps}, scheduler={args.scheduler}, seed={args.seed}, axis={args.axis}, "
-        f"slices={args.slices or 'all'}, rule={args.rule}, threshold={args.threshold:g}, device={args.device}")
-    spacing = kwargs["metadata"]["spacing"]
+    settings = settings_from(args)
     with domain_notices("segment"):
-        result = segment_ensemble(scan, spacing, model=loaded, members=args.members, steps=args.steps,
-                                  scheduler=args.scheduler, seed=args.seed, axis=args.axis, indices=indices,
-                                  device=args.device, chunk=args.chunk, callback=printer(args.quiet),
-                                  **preprocess_kwargs(args, loaded.card, kwargs["metadata"]))
-    labels = result.labels(args.rule, args.threshold)
-    with outputs.staging() as stage:
-        meta = kwargs["metadata"]
-        for key, path in paths.items():
-            data = labels if key == "labels" else getattr(result, key)
-            write_nifti(stage(path), data, meta, labels=key == "labels", overwrite=args.overwrite)
-            log(f"  wrote {path}")
-        ranking = result.ranking()
-        record = {**result.provenance, "scan": str(args.scan), "rule": args.rule, "threshold": args.threshold,
-                  "most_uncertain_slices": [int(i) for i in ranking[:10]],
-                  "files": {key: str(path) for key, path in paths.items()}, "messages": []}
-        if reference is not None:
-            from ..evaluation.segmentation import segmentation_scores
-
-            record["scores"] = segmentation_scores(result, reference, spacing, args.rule, args.threshold)
-            log("  " + ", ".join(f"{key} {value:.3f}" for key, value in record["scores"].items()))
-        write_sidecar(stage(sidecar), record, overwrite=args.overwrite)
-    log(f"  most uncertain slices along axis {args.axis}: {record['most_uncertain_slices']}")
-    log(f"  wrote {sidecar} ({result.provenance['seconds']:.0f} s of model time)")
+        run_file("segmentation", args.scan, args.out, settings, callback=printer(args.quiet),
+                 log=None if args.quiet else print, **file_options(args))
     return 0
 
 

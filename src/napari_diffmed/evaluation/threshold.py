@@ -39,13 +39,14 @@ def calibration_settings(method: str) -> dict[str, Any]:
 def calibrate(model: Any = None, methods: Sequence[str] | None = None, fraction: float = HEALTHY_FRACTION,
               seed: int = 0, device: str = "cpu", log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """``{method: {"value", "healthy_fraction", "held_out_healthy_fraction", "sensitivity", ...}}``."""
-    from ..anomaly import METHODS, _load, anomaly_map
+    from ..anomaly import METHODS, anomaly_map
+    from ..models import load
     from ..evaluation.anomaly import dice, held_out_slabs, make_lesion_cases
     from ..training.templates import load_mni152
 
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must lie between 0 and 1, got {fraction}")
-    loaded = _load(model, device)
+    loaded = load("anomaly", model, device)
     card = loaded.card
     methods = [m for m in (methods or METHODS) if card.conditional or m != "ddim"]
     template = load_mni152(1)

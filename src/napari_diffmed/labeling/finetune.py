@@ -100,7 +100,7 @@ def iter_finetune(session, settings: FinetuneSettings = FinetuneSettings()) -> G
 
     Closing the generator cancels the training at its next step; nothing is switched then.
     """
-    from ..ensemble import segmentation_model
+    from ..ensemble import load_model
     from ..models.card import ModelCard
     from ..training.folders import load_folder, scan_folder
     from ..training.loop import TrainConfig, train
@@ -118,7 +118,7 @@ def iter_finetune(session, settings: FinetuneSettings = FinetuneSettings()) -> G
     train_ids = [c for c in accepted if c != held]
     if not train_ids:
         raise ValueError(f"fine-tuning needs at least 2 accepted cases (one is held out), got {len(accepted)}")
-    loaded = segmentation_model(s.model, session.device)
+    loaded = load_model(s.model, session.device)
     if loaded.card.spatial_dims != 2:
         raise ValueError(f"fine-tuning from a session works for 2D models; {loaded.card.name!r} is 3D")
     base = re.sub(r"_ft\d+$", "", loaded.card.name)

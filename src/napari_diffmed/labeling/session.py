@@ -182,13 +182,14 @@ class Session:
         """Run the ensemble on a case and save the proposal; yields progress, returns ``{"score", "before",
         "fixed_voxels", "slices"}``. ``again``: with the corrected voxels held fixed, on the slices that
         hold corrections (2D models: the other slices are independent of them and keep their proposal)."""
-        from ..ensemble import iter_segment_ensemble, segmentation_model
-        from ..preprocess.run import iter_task
+        from ..ensemble import load_model
+        from ..runner import iter_run
+        from ..settings import EnsembleSettings
 
         s = self.settings
         data = self.load(case_id) if again else None
         scan, meta = (data.scan, data.metadata) if data is not None else self.read_scan(case_id)
-        loaded = segmentation_model(s.model, self.device)
+        loaded = load_model(s.model, self.device)
         fixed, indices = None, proposal_slices(scan, s)
         if again:
             if not data.corrected.any():
@@ -198,12 +199,11 @@ class Session:
             indices = self.case(case_id).slices or indices
             if loaded.card.spatial_dims == 2:
                 indices = [i for i in indices if touched[i]] or [int(np.flatnonzero(touched)[0])]
-        make = lambda img, sp, ax, idx, held: iter_segment_ensemble(  # noqa: E731
-            img, sp, model=loaded, members=s.members, steps=s.steps, scheduler=s.scheduler, seed=s.seed, axis=ax,
-            indices=idx, device=self.device, chunk=s.chunk, preview=False, fixed=held)
-        result = yield from iter_task("segmentation", make, scan, meta["spacing"], loaded.card, axis=s.axis,
-                                      indices=indices, mask=fixed, metadata=meta, preprocess=s.preprocess,
-                                      force=s.force)  # the domain check and preprocessing of `segment`
+        run = EnsembleSettings(members=s.members, steps=s.steps, scheduler=s.scheduler, seed=s.seed, axis=s.axis,
+                               indices=indices, device=self.device, chunk=s.chunk, preprocess=s.preprocess,
+                               force=s.force)  # the domain check and preprocessing of `segment`
+        result = yield from iter_run("segmentation", scan, meta["spacing"], loaded, settings=run, fixed=fixed,
+                                     metadata=meta)
         return self._store_proposal(case_id, result, meta, data)
 
     def propose(self, case_id: str, again: bool = False, callback=None) -> dict:

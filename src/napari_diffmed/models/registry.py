@@ -22,6 +22,10 @@ DEFAULTS = {
 # Where one task's uses want different models: synthesis takes the sharper v-predicting model, while
 # inpainting and anomaly maps keep the noise-predicting one, whose healthy guidance removes lesions.
 PURPOSE_DEFAULTS = {("synthesis", 2): "mni_t1_axial_64_v"}
+# The four tasks: the kind of model each needs, and how its errors name the task (None: the task checks the
+# card itself, as the ensemble does, which also needs exactly one condition channel).
+TASK_MODELS = {"synthesis": ("image", "synthesis"), "segmentation": ("segmentation", None),
+               "inpainting": ("image", "inpainting"), "anomaly": ("image", "an anomaly map")}
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,24 @@ def load_for_task(model: "str | os.PathLike | LoadedModel | None", task: str, de
         return model
     name = model if model not in (None, "") else default_model(task, 2, purpose)
     return get_model(name, device=str(select_device(device)), task=task, purpose=purpose)
+
+
+def load(task: str, model: "str | os.PathLike | LoadedModel | None" = None, device: str = "auto") -> LoadedModel:
+    """The model for one of :data:`TASK_MODELS`' tasks: a registry name, a path to ``NAME.safetensors``, an already
+    loaded model, or None (the task's shipped 2D default). The one loader every task and front end uses."""
+    from ..device import select_device
+
+    if task not in TASK_MODELS:
+        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASK_MODELS)}")
+    kind, purpose = TASK_MODELS[task]
+    if purpose is None and not isinstance(model, LoadedModel):
+        name = model if model not in (None, "") else default_model(kind, 2, task)
+        return get_model(name, device=str(select_device(device)))
+    if purpose is None:
+        return model
+    if not isinstance(model, LoadedModel) and model in (None, ""):
+        model = default_model(kind, 2, task)
+    return load_for_task(model, kind, device, purpose)
 
 
 def get_model(model: str | os.PathLike, device: str = "cpu", task: str | None = None,

@@ -144,7 +144,8 @@ def create_app(config: ServerConfig, preload: tuple[str, ...] = ()) -> FastAPI:
             raise HTTPException(422, f"unknown upload ids {missing}; upload each array first (POST /uploads)")
         arrays = {name: uploads[ref][1] for name, ref in refs.items()}
         try:
-            function, call = prepare_call(task, kwargs, arrays, info["device"], config.preview_interval)
+            function, call = prepare_call(task, kwargs, arrays, info["device"], config.preview_interval,
+                                          settings=body.get("settings"))
             job = queue.submit(task, function, call)
         except RequestRefused as err:
             raise HTTPException(422, str(err)) from None

@@ -37,7 +37,7 @@ def run_file(
     task: str, path: str | os.PathLike, out_dir: str | os.PathLike, settings: TaskSettings | dict | None = None, *,
     model: Any = None, mask: str | os.PathLike | None = None, reference: str | os.PathLike | None = None,
     threshold: float | None = None, prefix: str | None = None, series: str | None = None, overwrite: bool = False,
-    server: str | None = None, callback: Callable[[Progress], Any] | None = None,
+    skip_done: bool = True, server: str | None = None, callback: Callable[[Progress], Any] | None = None,
     log: Callable[[str], Any] | None = None, **overrides: Any,
 ) -> list[Path]:
     """Run ``task`` on the scan at ``path`` and write its output set into ``out_dir``; return the set's files.
@@ -48,7 +48,7 @@ def run_file(
     reference mask to score against (segmentation, anomaly); ``threshold``: the anomaly mask's cut (default:
     the card's); ``prefix``: the inpainting outputs' name prefix (default: the scan's name); ``series``: the
     DICOM series to read. When the whole set exists already and ``overwrite`` is off, nothing runs and the
-    existing set is returned (a rerun skips finished files). ``server``: run the task on that napari-diffmed
+    existing set is returned (a rerun skips finished files), or with ``skip_done`` off, ``FileExistsError``. ``server``: run the task on that napari-diffmed
     server instead (its device; the files are written here). ``log(line)`` gets a few lines of what happens.
     """
     from .outputs import OutputSetComplete
@@ -74,6 +74,8 @@ def run_file(
         return anomaly(job, mask=None if mask is None else Path(mask), reference=reference, threshold=threshold,
                        series=series)
     except OutputSetComplete as done:  # a rerun: this file's set is finished already
+        if not skip_done:
+            raise
         return sorted(done.files)
 
 

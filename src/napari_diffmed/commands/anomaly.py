@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     with domain_notices("anomaly"):
         run_file("anomaly", args.scan, args.out, settings, callback=printer(args.quiet),
-                 log=None if args.quiet else print, **file_options(args))
+                 log=None if args.quiet else print, skip_done=False, **file_options(args))
     return 0
 
 

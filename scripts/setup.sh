@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up napari-diffmed from this clone: the system packages napari needs (Debian/Ubuntu), torch pinned,
-# then the package with an extra (default "all": a Qt binding and Dask; "test" adds pytest and its plugins).
+# then the package with an extra (default "all": napari with a Qt binding, preprocessing, Dask and the server;
+# "test" adds pytest and its plugins).
 #
 #   bash scripts/setup.sh [EXTRA]
 #

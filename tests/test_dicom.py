@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from napari_diffmed import dicom, io
-from napari_diffmed._napari_io import get_reader, layer_world_matrix
+from napari_diffmed._napari_io import get_reader
+from napari_diffmed.geometry import world_matrix
+
 
 sitk = pytest.importorskip("SimpleITK")
 pydicom = pytest.importorskip("pydicom")
@@ -76,7 +78,7 @@ def write_series(nifti, folder, uid: str = UID, skip=(), description: str = "pha
 
 def world_of_every_voxel(data, kwargs) -> dict[float, np.ndarray]:
     """Voxel value -> world position (napari order) for a layer tuple."""
-    matrix = layer_world_matrix(kwargs, data.ndim)
+    matrix = world_matrix(kwargs, data.ndim)
     index = np.indices(data.shape).reshape(data.ndim, -1)
     world = (matrix[:-1, :-1] @ index + matrix[:-1, -1:]).T
     return dict(zip(data.reshape(-1).tolist(), world))
@@ -118,7 +120,7 @@ def test_results_save_as_nifti_in_the_series_space(series, tmp_path):
     again, again_kw, _ = io.read_nifti(out)
     ref, ref_kw, _ = io.read_nifti(nifti)
     np.testing.assert_array_equal(again, ref * 2)
-    np.testing.assert_allclose(layer_world_matrix(again_kw, 3), layer_world_matrix(ref_kw, 3), atol=1e-4)
+    np.testing.assert_allclose(world_matrix(again_kw, 3), world_matrix(ref_kw, 3), atol=1e-4)
 
 
 def enhanced_multiframe(folder, path, order=None):
@@ -154,7 +156,7 @@ def test_multiframe_file_matches_its_nifti(tmp_path, orientation):
     ref, ref_kw, _ = io.read_nifti(nifti)
     data, kwargs, _ = io.read_scan(path)
     np.testing.assert_array_equal(data, ref)
-    np.testing.assert_allclose(layer_world_matrix(kwargs, 3), layer_world_matrix(ref_kw, 3), atol=1e-4)
+    np.testing.assert_allclose(world_matrix(kwargs, 3), world_matrix(ref_kw, 3), atol=1e-4)
     assert kwargs["name"] == "multi"
 
 
@@ -167,7 +169,7 @@ def test_pydicom_files_put_each_pixel_where_its_header_says(name):
     data, kwargs, kind = io.read_scan(path)
     frames = dicom._frames(ds, path)
     values = ds.pixel_array.reshape((len(frames), ds.Rows, ds.Columns)).astype(np.float64)
-    to_voxel = np.linalg.inv(layer_world_matrix(kwargs, data.ndim))
+    to_voxel = np.linalg.inv(world_matrix(kwargs, data.ndim))
     rng = np.random.default_rng(0)
     for f, r, c in zip(rng.integers(0, len(frames), 40), rng.integers(0, ds.Rows, 40), rng.integers(0, ds.Columns, 40)):
         frame = frames[f]
@@ -332,7 +334,7 @@ def test_every_command_takes_a_series_folder(command, command_inputs, tmp_path, 
         a, a_kw, _ = io.read_nifti(from_nifti)
         b, b_kw, _ = io.read_nifti(from_dicom)
         np.testing.assert_allclose(b, a, atol=1e-5, err_msg=from_dicom.name)
-        np.testing.assert_allclose(layer_world_matrix(b_kw, 3), layer_world_matrix(a_kw, 3), atol=1e-4)
+        np.testing.assert_allclose(world_matrix(b_kw, 3), world_matrix(a_kw, 3), atol=1e-4)
 
 
 def test_commands_name_the_series_of_a_mixed_folder_and_take_one_with_series(tmp_path, tiny_image_model, capsys):

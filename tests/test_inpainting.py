@@ -231,19 +231,6 @@ def test_label_values_all_count_with_a_notice(scan, tiny_image_model):
     assert np.array_equal(result.mask, labels > 0)
 
 
-def test_resample_mask_between_grids():
-    coarse = np.zeros((4, 8, 8), np.uint8)
-    coarse[1:3, 2:5, 3:6] = 1
-    coarse_world = np.diag([2.0, 2.0, 2.0, 1.0])
-    coarse_world[:3, 3] = 0.5  # voxel centres: coarse voxel k spans fine voxels 2k and 2k + 1
-    fine_world = np.diag([1.0, 1.0, 1.0, 1.0])
-    fine = resample_mask(coarse, coarse_world, (8, 16, 16), fine_world)
-    assert fine.dtype == bool and fine.sum() == coarse.sum() * 8
-    assert fine[2:6, 4:10, 6:12].all() and not fine[:2].any()
-    with pytest.raises(ValueError, match="2D mask onto a 3D image"):
-        resample_mask(coarse[0], np.eye(3), (8, 16, 16), fine_world)
-
-
 def test_seam_measure_tells_a_smooth_fill_from_a_hole():
     y, x = np.mgrid[:64, :64]
     image = np.sin(x / 5.0) + (y > 32)  # smooth waves and one real edge

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from npe2 import PluginManifest
 
-MANIFEST = Path(__file__).parents[1] / "napari.yaml"
+MANIFEST = Path(__file__).parents[1] / "src" / "napari_diffmed" / "napari.yaml"  # the one manifest, installed with the package
 
 
 def _python_names() -> list[str]:
@@ -60,3 +60,9 @@ def test_widget_opens_from_the_plugins_menu(make_napari_viewer, display_name):
     classes = getattr(widget, "class_name", None)
     if classes is not None and getattr(widget, "_card", None) is not None and widget._card.conditional:
         assert list(classes.choices) == widget._card.class_names
+
+
+def test_the_top_level_manifest_is_the_packaged_one():
+    top = Path(__file__).parents[1] / "napari.yaml"  # where a reader of the repository looks first
+    assert not top.is_symlink() and not MANIFEST.is_symlink()
+    assert top.read_bytes() == MANIFEST.read_bytes(), "edit src/napari_diffmed/napari.yaml and copy it to napari.yaml"

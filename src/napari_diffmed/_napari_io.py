@@ -148,8 +148,10 @@ def _write(path: str, data: Any, attributes: dict, labels: bool) -> list[str]:
         raise FileExistsError(
             f"{path} exists; napari-diffmed never replaces files. Choose a new name or remove the old file first"
         )
+    from .geometry import world_matrix
+
     data = np.asarray(data)
-    world = layer_world_matrix(attributes, data.ndim)
+    world = world_matrix(attributes, data.ndim)
     meta = attributes.get("metadata") or {}
     if _metadata_fits(meta, data.shape, world):  # the source's exact grid, header codes included
         written = write_nifti(path, data, meta, labels=labels)
@@ -161,23 +163,11 @@ def _write(path: str, data: Any, attributes: dict, labels: bool) -> list[str]:
     return [os.fspath(written)]
 
 
-def layer_world_matrix(attributes: dict, ndim: int) -> np.ndarray:
-    """napari's data -> world matrix, ``affine @ (translate, rotate, shear, scale)``, from layer attributes."""
-    from napari.utils.transforms import CompositeAffine
-
-    inner = CompositeAffine(
-        scale=attributes.get("scale", np.ones(ndim)), translate=attributes.get("translate", np.zeros(ndim)),
-        rotate=attributes.get("rotate"), shear=attributes.get("shear"), ndim=ndim,
-    ).affine_matrix
-    outer = np.asarray(attributes["affine"], float) if attributes.get("affine") is not None else np.eye(ndim + 1)
-    if outer.shape != inner.shape:
-        raise ValueError(f"layer affine of shape {outer.shape} does not suit {ndim}-D data")
-    return outer @ inner
-
-
 def _metadata_fits(meta: dict, shape: tuple[int, ...], world: np.ndarray) -> bool:
     """Whether the source metadata describes this array: the reader would give this shape and transform."""
     import nibabel as nib
+
+    from .geometry import world_matrix
 
     if "affine" not in meta or "source_shape" not in meta:
         return False
@@ -189,7 +179,7 @@ def _metadata_fits(meta: dict, shape: tuple[int, ...], world: np.ndarray) -> boo
     if expected.shape != tuple(shape):
         return False
     tolerance = 1e-4 * max(1.0, float(np.abs(world).max()))
-    return bool(np.allclose(layer_world_matrix(kwargs, len(shape)), world, atol=tolerance))
+    return bool(np.allclose(world_matrix(kwargs, len(shape)), world, atol=tolerance))
 
 
 def _nifti_image(data: np.ndarray, world: np.ndarray):

@@ -108,9 +108,11 @@ def anomaly(job: "_Job", mask=None, reference=None, threshold=None, series=None)
 
 def inpaint(job: "_Job", mask: Path, prefix=None, series=None) -> list[Path]:
     from .device import select_device
+    from .geometry import world_matrix
     from .inpainting import describe
     from .io import read_scan as read
     from .io import write_nifti
+    from .masks import mask_on_grid
     from .outputs import OutputSet
     from .slices import describe as describe_slices
 
@@ -120,8 +122,8 @@ def inpaint(job: "_Job", mask: Path, prefix=None, series=None) -> list[Path]:
         region, mask_kw, _ = read(mask, as_labels=True)
     except ValueError as err:
         raise ValueError(f"{err}; a mask must be binary or integer labels (threshold it first)") from None
-    notes: list[str] = []
-    region = _mask_on_scan(region, mask_kw, scan, scan_kw, notes)
+    region, notes = mask_on_grid(region, world_matrix(mask_kw, region.ndim), scan.shape,
+                                 world_matrix(scan_kw, scan.ndim))
     _check_region(region, mask, s.axis, None if s.indices is None else list(s.indices))
     stem = prefix or scan_kw["name"]
     names = [f"proposal{k}" for k in range(s.proposals)] + ["mean", "variance", "mask"]
@@ -165,30 +167,6 @@ def _slices(settings) -> str:
     from .slices import describe
 
     return "all" if settings.indices is None else describe(settings.indices)
-
-
-def to_world(kwargs: dict, ndim: int) -> np.ndarray:
-    """The (ndim+1)^2 voxel -> world matrix of a layer's keyword arguments (affine, or scale and translate)."""
-    if "affine" in kwargs:
-        return np.asarray(kwargs["affine"], dtype=float)[-ndim - 1:, -ndim - 1:]
-    matrix = np.eye(ndim + 1)
-    matrix[:ndim, :ndim] = np.diag(kwargs.get("scale", (1.0,) * ndim)[-ndim:])
-    matrix[:ndim, ndim] = kwargs.get("translate", (0.0,) * ndim)[-ndim:]
-    return matrix
-
-
-def _mask_on_scan(mask: np.ndarray, mask_kw: dict, scan: np.ndarray, scan_kw: dict, notes: list[str]) -> np.ndarray:
-    from .masks import resample_mask
-
-    if mask.ndim != scan.ndim:
-        raise ValueError(f"mask has {mask.ndim} axes {mask.shape} but the scan has {scan.ndim} {scan.shape}")
-    m_world, s_world = to_world(mask_kw, mask.ndim), to_world(scan_kw, scan.ndim)
-    if mask.shape == scan.shape and np.allclose(m_world, s_world, atol=1e-4):
-        return mask
-    out = resample_mask(mask, m_world, scan.shape, s_world)
-    notes.append(f"the mask {mask.shape} lies on another grid than the scan {scan.shape}; resampled onto the "
-                 f"scan's grid (nearest neighbour): {int((mask != 0).sum())} -> {int(out.sum())} voxels")
-    return out.astype(np.uint8)
 
 
 def _check_region(mask: np.ndarray, path: Path, axis: int, slices: list[int] | None) -> None:

@@ -1,4 +1,7 @@
-"""Map scans to a model's grid and back: intensity normalisation and resampling.
+"""Where voxels lie, and mapping scans to a model's grid and back.
+
+:func:`world_matrix` is the one voxel -> world matrix of a layer's placement (masks go onto an
+image's grid with :func:`napari_diffmed.masks.mask_on_grid`).
 
 A model sees a fixed physical pixel size (``card.spacing``) on a fixed grid
 (``card.image_size``). :class:`Grid` resamples the last ``spatial_dims`` axes of
@@ -9,7 +12,7 @@ leading axes (slices, members, proposals) pass through untouched.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -113,3 +116,61 @@ class Grid:
         if tuple(data.shape[-len(self.out_shape):]) != self.out_shape:
             raise ValueError(f"array of shape {data.shape} does not end with the model grid {self.out_shape}")
         return self._transform(data, False, order, cval)
+
+
+def world_matrix(placement: Mapping[str, Any], ndim: int) -> np.ndarray:
+    """The (ndim+1)^2 voxel -> world matrix of a layer's placement, as napari composes it:
+    ``affine @ translate @ rotate @ shear @ scale``.
+
+    ``placement`` holds napari layer keywords or attributes (the reader's, a layer's state): ``scale``,
+    ``translate``, ``rotate`` (a matrix, or an angle in degrees for 2D), ``shear`` (a matrix or its
+    upper-triangular values) and ``affine``; any may be missing. Vectors and matrices with fewer axes than
+    ``ndim`` apply to the last axes, longer ones give their last ``ndim`` axes.
+    """
+    def vector(key: str, default: float) -> np.ndarray:
+        out = np.full(ndim, default, dtype=float)
+        given = placement.get(key)
+        if given is not None:
+            given = np.asarray(given, dtype=float).ravel()[-ndim:]
+            out[ndim - len(given):] = given
+        return out
+
+    def square(value: Any, size: int) -> np.ndarray:
+        """``value`` as a size x size matrix on the last axes of an identity."""
+        m = np.asarray(value, dtype=float)
+        full = np.eye(size)
+        k = min(m.shape[0], size)
+        full[size - k:, size - k:] = m[-k:, -k:]
+        return full
+
+    linear = np.diag(vector("scale", 1.0))
+    shear = placement.get("shear")
+    if shear is not None:
+        s = np.asarray(shear, dtype=float)
+        if s.ndim == 1:  # upper-triangular values, row by row
+            n = int(round((1 + np.sqrt(1 + 8 * s.size)) / 2))
+            if n * (n - 1) // 2 != s.size:
+                raise ValueError(f"shear {s.tolist()} is neither a matrix nor the upper triangle of one")
+            m = np.eye(n)
+            m[np.triu_indices(n, 1)] = s
+            s = m
+        linear = square(s, ndim) @ linear
+    rotate = placement.get("rotate")
+    if rotate is not None:
+        r = np.asarray(rotate, dtype=float)
+        if r.ndim == 0:  # a 2D angle in degrees
+            c, s = np.cos(np.radians(r)), np.sin(np.radians(r))
+            r = np.array([[c, -s], [s, c]])
+        elif r.ndim != 2:
+            raise ValueError(f"rotate {r.tolist()}: give a rotation matrix (or an angle in degrees for 2D)")
+        linear = square(r, ndim) @ linear
+    matrix = np.eye(ndim + 1)
+    matrix[:ndim, :ndim] = linear
+    matrix[:ndim, ndim] = vector("translate", 0.0)
+    if placement.get("affine") is not None:
+        outer = np.asarray(placement["affine"], dtype=float)
+        if outer.ndim != 2 or outer.shape[0] != outer.shape[1] or outer.shape[0] < 2:
+            raise ValueError(f"affine of shape {outer.shape} is not a square matrix")
+        matrix = square(outer, ndim + 1) @ matrix
+    return matrix
+

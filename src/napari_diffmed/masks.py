@@ -35,7 +35,7 @@ def as_binary_mask(mask: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, 
     m = np.asarray(mask)
     if m.shape != tuple(shape):
         raise ValueError(f"mask of shape {m.shape} does not match the image's shape {tuple(shape)}; "
-                         "paint it on the image's grid or resample it (masks.resample_mask)")
+                         "paint it on the image's grid or resample it (masks.mask_on_grid)")
     if m.dtype == bool:
         return m.copy(), []
     if not np.issubdtype(m.dtype, np.number) or np.issubdtype(m.dtype, np.complexfloating):
@@ -63,3 +63,19 @@ def resample_mask(mask: np.ndarray, mask_to_world: np.ndarray, image_shape: Sequ
     out = ndimage.affine_transform((m != 0).astype(np.uint8), to_mask, output_shape=tuple(image_shape),
                                    order=0, mode="constant", cval=0)
     return out.astype(bool)
+
+
+def mask_on_grid(mask: np.ndarray, mask_to_world: np.ndarray, image_shape: Sequence[int],
+                 image_to_world: np.ndarray, mask_name: str = "the mask",
+                 image_name: str = "the scan") -> tuple[np.ndarray, list[str]]:
+    """``mask`` on an image's voxel grid, and notes for the user: a copy where both grids agree, else
+    resampled (nearest neighbour, as booleans) with a note saying so."""
+    mask, shape = np.asarray(mask), tuple(int(n) for n in image_shape)
+    if mask.ndim != len(shape):
+        raise ValueError(f"{mask_name} has {mask.ndim} axes {mask.shape} but {image_name} has {len(shape)} {shape}")
+    tolerance = 1e-4 * max(1.0, float(np.abs(image_to_world).max()))
+    if mask.shape == shape and np.allclose(mask_to_world, image_to_world, atol=tolerance):
+        return mask.copy(), []
+    out = resample_mask(mask, mask_to_world, shape, image_to_world)
+    return out, [f"{mask_name} {mask.shape} lies on another grid than {image_name} {shape}; resampled onto "
+                 f"{image_name}'s grid (nearest neighbour): {int((mask != 0).sum())} -> {int(out.sum())} voxels"]

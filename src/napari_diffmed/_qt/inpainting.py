@@ -13,7 +13,7 @@ from napari.utils.notifications import show_error, show_info
 
 from ..device import DEVICE_CHOICES
 from ..inpainting import DEFAULTS, MODES, count_network_calls, describe, repaint_schedule
-from ..masks import resample_mask
+from ..masks import mask_on_grid
 from ..models import ModelCard, ModelCardError, list_models
 from .backend import BackendChoice
 from .dock import FollowImage, short_tab_title
@@ -27,22 +27,17 @@ REGIONS = ("whole volume", "current slice", "slice range")
 
 def mask_for(image: Image, layer: Labels | Shapes) -> tuple[np.ndarray, list[str]]:
     """The mask layer as a mask on ``image``'s voxel grid (Shapes are rasterised; other grids resampled)."""
-    shape, notes = tuple(image.data.shape), []
+    shape = tuple(image.data.shape)
     if layer.ndim != image.ndim:
         raise ValueError(f"mask layer {layer.name!r} has {layer.ndim} axes but image {image.name!r} has {image.ndim}")
-    to_image = np.linalg.inv(world_matrix(image)) @ world_matrix(layer)
     if isinstance(layer, Shapes):
         if not len(layer.data):
-            return np.zeros(shape, bool), notes
+            return np.zeros(shape, bool), []
+        to_image = np.linalg.inv(world_matrix(image)) @ world_matrix(layer)
         moved = [(np.c_[v, np.ones(len(v))] @ to_image.T)[:, :-1] for v in layer.data]
-        return Shapes(moved, shape_type=layer.shape_type).to_labels(labels_shape=shape) > 0, notes
-    data = np.asarray(layer.data)
-    if data.shape == shape and np.allclose(to_image, np.eye(len(shape) + 1), atol=1e-6):
-        return data.copy(), notes
-    out = resample_mask(data, world_matrix(layer), shape, world_matrix(image))
-    notes.append(f"mask {layer.name!r} {data.shape} lies on another grid than {image.name!r} {shape}; "
-                 f"resampled onto the image's grid: {int((data != 0).sum())} -> {int(out.sum())} voxels")
-    return out, notes
+        return Shapes(moved, shape_type=layer.shape_type).to_labels(labels_shape=shape) > 0, []
+    return mask_on_grid(np.asarray(layer.data), world_matrix(layer), shape, world_matrix(image),
+                        f"mask {layer.name!r}", repr(image.name))
 
 
 class InpaintingWidget(Container):

@@ -6,16 +6,14 @@ from typing import Any
 
 import numpy as np
 
+from .. import geometry
+
 
 def world_matrix(layer) -> np.ndarray:
-    """A layer's (ndim+1)^2 data -> world matrix, probed through its public ``data_to_world``."""
-    n = layer.ndim
-    origin = np.asarray(layer.data_to_world(np.zeros(n)), dtype=float)
-    matrix = np.eye(n + 1)
-    for i in range(n):
-        matrix[:n, i] = np.asarray(layer.data_to_world(np.eye(n)[i]), dtype=float) - origin
-    matrix[:n, n] = origin
-    return matrix
+    """A layer's (ndim+1)^2 data -> world matrix."""
+    placement = {"scale": layer.scale, "translate": layer.translate, "rotate": layer.rotate, "shear": layer.shear,
+                 "affine": layer.affine.affine_matrix}
+    return geometry.world_matrix(placement, layer.ndim)
 
 
 def placement(layer, lead: int = 0) -> dict[str, Any]:

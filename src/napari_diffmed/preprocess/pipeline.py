@@ -96,7 +96,10 @@ def to_model_space(
     mask carried onto the scan (where a skull is found or asked for); quantile matching to the
     template inside the brain. A registration whose similarity stays under ``min_similarity`` raises
     :class:`RegistrationError` (with ``force``: a :class:`~napari_diffmed.domain.DomainWarning`)."""
-    import SimpleITK as sitk
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        raise ImportError("preprocessing needs SimpleITK: pip install 'napari-diffmed[preprocess]'") from None
 
     from . import register as reg
     from .images import n4_bias_field, resample, to_itk

@@ -22,11 +22,11 @@ import json
 import time
 
 from napari_diffmed.anomaly import COMPARES, DEFAULTS, METHODS, anomaly_map
-from napari_diffmed.evaluation.anomaly import LesionCases as Cases
-from napari_diffmed.evaluation.anomaly import held_out_slabs as slabs  # noqa: F401 - kept for callers
-from napari_diffmed.evaluation.anomaly import make_lesion_cases as make_cases
 from napari_diffmed.evaluation.anomaly import median_filter_heatmap as median_baseline
 from napari_diffmed.evaluation.anomaly import score_cases as score
+from napari_diffmed.training.lesions import LesionCases as Cases
+from napari_diffmed.training.lesions import held_out_slabs as slabs  # noqa: F401 - kept for callers
+from napari_diffmed.training.lesions import make_lesion_cases as make_cases
 
 
 def run_method(cases: Cases, method: str, model=None, **settings) -> tuple[dict, float, object]:

@@ -34,7 +34,7 @@ from napari_diffmed.ensemble import DEFAULTS, segment_ensemble
 from napari_diffmed.evaluation.segmentation import dice, multi_otsu_wm, segmentation_scores
 from napari_diffmed.io import read_nifti
 from napari_diffmed.training.datasets import member_probability
-from napari_diffmed.training.evaluate import write_card_metrics
+from napari_diffmed.evaluation.cards import write_card_metrics
 from napari_diffmed.training.templates import held_out_slices, load_mni152
 
 COLUMNS = ("dice", "member_dice", "otsu_dice", "hd95", "ged", "uncertainty_auroc", "ece", "ece_votes", "seconds")

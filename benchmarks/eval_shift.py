@@ -195,7 +195,8 @@ def shifted_case(base, shift: str):
 
 def anomaly_rows(shifts, stride: int, model_path: str | None = None) -> list[dict]:
     from napari_diffmed.anomaly import anomaly_map
-    from napari_diffmed.evaluation.anomaly import LesionCases, auroc, make_lesion_cases, median_filter_heatmap
+    from napari_diffmed.evaluation.anomaly import auroc, median_filter_heatmap
+    from napari_diffmed.training.lesions import LesionCases, make_lesion_cases
 
     base = make_lesion_cases("evaluation", 1, seed=0, stride=stride)
     model = load(model_path, "anomaly")
@@ -224,7 +225,8 @@ def ablation_rows(shifts, stride: int, model_path: str | None = None) -> list[di
     from dataclasses import replace
 
     from napari_diffmed.anomaly import anomaly_map
-    from napari_diffmed.evaluation.anomaly import auroc, make_lesion_cases
+    from napari_diffmed.evaluation.anomaly import auroc
+    from napari_diffmed.training.lesions import make_lesion_cases
 
     base = make_lesion_cases("evaluation", 1, seed=0, stride=stride)
     model = load(model_path, "anomaly")
@@ -247,7 +249,7 @@ def ablation_rows(shifts, stride: int, model_path: str | None = None) -> list[di
 
 
 def inpainting_rows(shifts, model_path: str | None = None) -> list[dict]:
-    from napari_diffmed.evaluation.anomaly import held_out_slabs
+    from napari_diffmed.training.lesions import held_out_slabs
     from napari_diffmed.inpainting import inpaint
     from napari_diffmed.training.templates import load_mni152
 

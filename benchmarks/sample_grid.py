@@ -75,9 +75,9 @@ def _axial(image: np.ndarray) -> np.ndarray:
 def synthesis_rows(model: str | None, n: int, steps: int, guidance: float, seed: int,
                    sweep: Sequence[float] = SWEEP) -> list:
     """The rows of the 2D picture (runs the model: 3 batches of ``n`` and one of ``len(sweep)``)."""
+    from napari_diffmed.evaluation.model import grid_data
     from napari_diffmed.models import load
     from napari_diffmed.synthesis import guidance_sweep, synthesize
-    from napari_diffmed.training.evaluate import grid_data
 
     loaded = load("synthesis", model, "cpu")
     data, _, _ = grid_data(loaded.card)
@@ -104,9 +104,9 @@ def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
 def volume_rows(model: str | None, volumes: int, steps: int, seed: int) -> list:
     """The rows of the 3D picture: the real template on the model grid, then ``volumes`` samples."""
     from napari_diffmed.models import default_model
+    from napari_diffmed.evaluation.model import grid_data
     from napari_diffmed.models import load
     from napari_diffmed.synthesis import synthesize
-    from napari_diffmed.training.evaluate import grid_data
 
     loaded = load("synthesis", model or default_model("image", 3), "cpu")
     data, _, _ = grid_data(loaded.card)

@@ -56,7 +56,7 @@ def test_a_card_without_calibration_falls_back_to_the_percentile_and_says_so(sma
 def test_re_scoring_the_card_keeps_the_thresholds(calibrated_model):
     from napari_diffmed.models import ModelCard
     from napari_diffmed.models.card import sha256_file
-    from napari_diffmed.training.evaluate import write_card_metrics
+    from napari_diffmed.evaluation.cards import write_card_metrics
 
     sha = sha256_file(calibrated_model)
     write_card_metrics(calibrated_model, {"evaluation": {"weights_sha256": sha}, "anomaly": {"auroc": 0.9}})
@@ -79,7 +79,7 @@ def test_the_shipped_thresholds_are_recorded_with_their_figures():
 @pytest.mark.slow
 def test_the_shipped_default_flags_at_most_half_a_percent_of_healthy_held_out_brain():
     """The default run (ddim) on the healthy evaluation slab of the template, which calibration never saw."""
-    from napari_diffmed.evaluation.anomaly import held_out_slabs
+    from napari_diffmed.training.lesions import held_out_slabs
     from napari_diffmed.training.templates import load_mni152
 
     template = load_mni152(1)

@@ -220,7 +220,7 @@ def test_shipped_models_load_and_say_how_they_were_made(name):
 def test_re_evaluating_some_parts_keeps_the_other_figures_of_the_same_weights(tiny_image_model, tmp_path):
     """`evaluate NAME --parts anomaly --write` replaces the anomaly figures only; figures of other weights go."""
     from napari_diffmed.models.card import ModelCard, sha256_file
-    from napari_diffmed.training.evaluate import write_card_metrics
+    from napari_diffmed.evaluation.cards import write_card_metrics
 
     weights = Path(shutil.copy(tiny_image_model, tmp_path / "tiny_image.safetensors"))
     shutil.copy(Path(tiny_image_model).with_suffix(".json"), tmp_path / "tiny_image.json")

@@ -49,7 +49,7 @@ def volume_model():
 
 @pytest.fixture(scope="module")
 def slices(image_model):
-    from napari_diffmed.training.evaluate import grid_data
+    from napari_diffmed.evaluation.model import grid_data
 
     data = grid_data(image_model.card)[0]
     return data.split(held_out=False).images, data.split(held_out=True).images
@@ -58,7 +58,7 @@ def slices(image_model):
 @pytest.fixture(scope="module")
 def fresh_synthesis(synth_model, slices):
     """QUICK evaluation's synthesis figures (16 samples, seed 1) of the synthesis model, and the samples."""
-    from napari_diffmed.training.evaluate import QUICK, synthesis_part
+    from napari_diffmed.evaluation.model import QUICK, synthesis_part
 
     return synthesis_part(synth_model, *slices, QUICK)
 
@@ -66,7 +66,7 @@ def fresh_synthesis(synth_model, slices):
 @pytest.fixture(scope="module")
 def fresh(image_model):
     """QUICK evaluation of the held-out loss and the anomaly heatmaps (2 lesion cases)."""
-    from napari_diffmed.training.evaluate import evaluate_image_model
+    from napari_diffmed.evaluation.model import evaluate_image_model
 
     return evaluate_image_model(IMAGE, quick=True, parts=("loss", "anomaly"))
 
@@ -126,7 +126,7 @@ def test_samples_differ_from_each_other(fresh_synthesis):
 
 def test_class_label_changes_the_samples(synth_model):
     from napari_diffmed.synthesis import synthesize
-    from napari_diffmed.training.evaluate import FULL
+    from napari_diffmed.evaluation.model import FULL
 
     kwargs = dict(n=4, steps=20, seed=5, guidance=FULL.guidance, device="cpu")
     healthy = synthesize(synth_model, class_name="healthy", **kwargs).samples
@@ -147,7 +147,7 @@ def test_anomaly_heatmaps_find_held_out_lesions(fresh):
 
 def test_volumes_have_brain_structure(volume_model):
     from napari_diffmed.evaluation.synthesis import ssim_matrix
-    from napari_diffmed.training.evaluate import QUICK, grid_data, volume_part
+    from napari_diffmed.evaluation.model import QUICK, grid_data, volume_part
 
     metrics = volume_model.card.metrics
     assert "volume" in metrics and metrics["evaluation"]["weights_sha256"] == volume_model.card.weights_sha256

@@ -1,7 +1,7 @@
 """The default anomaly threshold of an image model, calibrated on healthy held-out slices.
 
 For each method at the default settings, the heatmap of the lesion-free MNI152 template is computed
-on the VALIDATION slab (held out of training, see :func:`~napari_diffmed.evaluation.anomaly.held_out_slabs`)
+on the VALIDATION slab (held out of training, see :func:`~napari_diffmed.training.lesions.held_out_slabs`)
 and the threshold is the value that only ``fraction`` of its brain voxels reach. It is then checked on
 data it was not fitted to: the healthy EVALUATION slab (the fraction of its brain voxels flagged) and
 the evaluation lesion cases (sensitivity: the fraction of lesion voxels flagged; lesions with any
@@ -41,7 +41,8 @@ def calibrate(model: Any = None, methods: Sequence[str] | None = None, fraction:
     """``{method: {"value", "healthy_fraction", "held_out_healthy_fraction", "sensitivity", ...}}``."""
     from ..anomaly import METHODS, anomaly_map
     from ..models import load
-    from ..evaluation.anomaly import dice, held_out_slabs, make_lesion_cases
+    from ..training.lesions import held_out_slabs, make_lesion_cases
+    from .anomaly import dice
     from ..training.templates import load_mni152
 
     if not 0 < fraction < 1:

@@ -1,4 +1,5 @@
-"""Procedural lesions planted into images on [0, 1], with their masks (2D or 3D)."""
+"""Procedural lesions planted into images on [0, 1], with their masks (2D or 3D), and the held-out MNI lesion
+cases that the anomaly figures are measured on."""
 
 from __future__ import annotations
 
@@ -65,3 +66,71 @@ def plant_lesions(
         out = np.clip(out + sign * rng.uniform(*style.contrast) * soft, 0.0, 1.0)
         mask |= soft > 0.5
     return out, mask
+
+
+# --- Held-out MNI cases with planted lesions (the templates loaded on use) --------------------------
+# The two axial slabs of the 1 mm MNI152 template that ``training.templates.held_out_slices`` keeps out
+# of training and that contain brain: the lower one is the VALIDATION split (tuning), the upper one the
+# EVALUATION split (reported figures). Lesions are of :data:`HELD_OUT_STYLE`.
+
+@dataclass
+class LesionCases:
+    """``scan``: cases stacked along z; ``indices``: the slab slices scored; ``reference``/``brain``: scan grid."""
+
+    scan: np.ndarray
+    reference: np.ndarray
+    brain: np.ndarray
+    indices: np.ndarray
+    spacing: tuple[float, float, float]
+
+    def region(self) -> np.ndarray:
+        """Where scores are counted: the scored slab slices, inside the brain."""
+        keep = np.zeros(self.scan.shape, dtype=bool)
+        keep[self.indices] = True
+        return keep & self.brain
+
+
+def held_out_slabs() -> dict[str, np.ndarray]:
+    """Slice indices of the held-out slabs that contain brain: validation (lower), evaluation (upper)."""
+    from ..geometry import Normaliser
+    from .templates import held_out_slices, load_mni152
+
+    template = load_mni152(1)
+    unit = (Normaliser.fit(template.t1).forward(template.t1) + 1) / 2
+    held = held_out_slices(len(unit)) & ((unit > 0.15).mean(axis=(1, 2)) > 0.05)
+    runs = np.split(np.flatnonzero(held), np.flatnonzero(np.diff(np.flatnonzero(held)) > 1) + 1)
+    return {"validation": runs[0], "evaluation": runs[1]}
+
+
+def make_lesion_cases(split: str, n_cases: int, seed: int = 0, pixel_mm: float = 3.0,
+                      stride: int = 1) -> LesionCases:
+    """``n_cases`` copies of the template with lesions planted in 3D in the split's slab, stacked along z.
+
+    Lesion radii are in pixels of a model grid of ``pixel_mm``; ``stride`` scores every stride-th slab slice.
+    """
+    import dataclasses
+
+    from ..geometry import Normaliser
+    from .templates import load_mni152
+
+    if split not in ("validation", "evaluation"):
+        raise ValueError(f"split must be 'validation' or 'evaluation', got {split!r}")
+    template = load_mni152(1)
+    norm = Normaliser.fit(template.t1)
+    unit = (norm.forward(template.t1) + 1) / 2
+    brain = unit > 0.15
+    slab = held_out_slabs()[split]
+    scale = pixel_mm / min(template.spacing)
+    style = dataclasses.replace(HELD_OUT_STYLE, radius=tuple(r * scale for r in HELD_OUT_STYLE.radius))
+    rng = np.random.default_rng([seed, 0 if split == "validation" else 1])
+    scans, refs = [], []
+    for _ in range(n_cases):
+        scan, ref = template.t1.copy(), np.zeros(unit.shape, dtype=bool)
+        planted, ref[slab] = plant_lesions(unit[slab], brain[slab], rng, style)
+        scan[slab] = norm.inverse(planted * 2 - 1)
+        scans.append(scan)
+        refs.append(ref)
+    depth = len(unit)
+    indices = np.concatenate([slab[::stride] + i * depth for i in range(n_cases)])
+    return LesionCases(np.concatenate(scans), np.concatenate(refs), np.tile(brain, (n_cases, 1, 1)), indices,
+                       tuple(float(s) for s in template.spacing))

@@ -97,15 +97,34 @@ def test_folder_scan_pairs_masks_classes_and_splits_by_subject(tmp_path):
     assert held_out_subjects(items, 0.0) == set() and held_out_subjects(items[:1], 0.5) == set()
 
 
-def test_folder_slices_match_the_reader_and_the_model_grid(tmp_path):
-    from napari_diffmed.io import read_nifti
+@pytest.mark.parametrize("size, spacing", [((32, 32), (2.0, 2.0)), ((16, 16), (3.0, 3.0)), ((8, 16, 16), (4.0,) * 3)])
+def test_training_reads_a_folder_exactly_as_inference_prepares_the_scan(tmp_path, size, spacing):
+    """One data path: the images (and masks) training gets from a folder are, to the bit, what a task run on the
+    same file would give its model (the reader, the card's normalisation, the model grid)."""
+    from napari_diffmed.io import read_scan
+    from napari_diffmed.models import ModelCard
+    from napari_diffmed.volumes import prepare
 
+    folder = _write_folder(tmp_path, n=1, shape=(6, 40, 36))
+    items, _ = scan_folder(folder, "segmentation")
+    data = load_folder(items, size, spacing, min_foreground=0.0, normalisation={"lower": 1.0, "upper": 99.0})
+    card = ModelCard(name="probe", task="segmentation", spatial_dims=len(size), image_size=list(size),
+                     spacing=list(spacing), normalisation={"lower": 1.0, "upper": 99.0}, condition_channels=1,
+                     network=dict(spatial_dims=len(size), in_channels=2, out_channels=1, channels=[8, 16],
+                                  attention_levels=[False, False], num_res_blocks=1, norm_num_groups=8),
+                     scheduler={"name": "DDPMScheduler", "num_train_timesteps": 1000})
+    image, kwargs, _ = read_scan(items[0].image)
+    prepared = prepare(image, kwargs["metadata"]["spacing"], card)  # what segment_ensemble feeds its model
+    assert data.images.dtype == np.float32 and np.array_equal(data.images, (prepared.data + 1.0) / 2.0)
+    mask, _, _ = read_scan(items[0].mask)
+    on_grid = prepared.grid.to_model((mask > 0).astype(np.float32) if len(size) == 2 else (mask > 0)[None] * 1.0,
+                                     cval=0.0)
+    assert np.array_equal(data.probs, np.clip(on_grid, 0, 1).astype(np.float32))
+
+
+def test_folder_slices_on_the_model_grid(tmp_path):
     folder = _write_folder(tmp_path, n=2)
     items, _ = scan_folder(folder, "segmentation")
-    native = load_folder(items[:1], (32, 32), (2.0, 2.0), min_foreground=0.0)  # no resampling: same voxels as io
-    image, _, _ = read_nifti(items[0].image)
-    low, high = np.percentile(image, [0.5, 99.5])
-    np.testing.assert_allclose(native.images, np.clip((image - low) / (high - low), 0, 1), atol=1e-4)
     data = load_folder(items, (16, 16), (4.0, 4.0), held_out={"sub01"})
     assert data.images.shape[1:] == (16, 16) and data.probs.shape == data.images.shape
     assert 0 <= data.images.min() and data.images.max() <= 1 and data.probs.max() > 0.5  # the lesion survives

@@ -74,13 +74,24 @@ def prepare(
     indices: Sequence[int] | None = None,
 ) -> Prepared:
     """Normalise a 2D/3D scan per the card and resample it (or its slices) onto the model grid."""
+    norm = card.normalisation
+    return prepare_grid(image, spacing, card.image_size, card.spacing, norm.get("lower", 0.5),
+                        norm.get("upper", 99.5), axis, indices)
+
+
+def prepare_grid(
+    image: np.ndarray, spacing: Sequence[float] | None, image_size: Sequence[int], model_spacing: Sequence[float],
+    lower: float = 0.5, upper: float = 99.5, axis: int = 0, indices: Sequence[int] | None = None,
+) -> Prepared:
+    """:func:`prepare` by the card's numbers: a grid of ``image_size`` pixels of ``model_spacing`` mm (2D: slices
+    along ``axis``; 3D: the volume) and the ``lower``/``upper`` percentiles mapped to -1 and 1. Training
+    reads a user's folders through this too, so a model trains on what it will be shown."""
     volume, spacing = as_volume(image, spacing)
-    norm_cfg = card.normalisation
-    normaliser = Normaliser.fit(volume, norm_cfg.get("lower", 0.5), norm_cfg.get("upper", 99.5))
+    normaliser = Normaliser.fit(volume, lower, upper)
     unit = normaliser.forward(volume)
     shape = tuple(np.asarray(image).shape) if np.asarray(image).ndim == 3 else (1,) + tuple(np.asarray(image).shape)
-    if card.spatial_dims == 3:
-        grid = Grid.for_volume(volume, spacing, card.image_size, card.spacing)
+    if len(image_size) == 3:
+        grid = Grid.for_volume(volume, spacing, image_size, model_spacing)
         return Prepared(grid.to_model(unit)[None], grid, normaliser, None, np.array([0]), shape)
     if axis not in (0, 1, 2):
         raise ValueError(f"slicing axis must be 0, 1 or 2, got {axis}")
@@ -88,5 +99,5 @@ def prepare(
     in_plane = tuple(s for i, s in enumerate(spacing) if i != axis)
     all_idx = np.arange(moved.shape[0])
     idx = all_idx if indices is None else np.asarray(check_slices(indices, moved.shape[0], axis))
-    grid = Grid.for_volume(moved, (1.0,) + in_plane, card.image_size, card.spacing)
+    grid = Grid.for_volume(moved, (1.0,) + in_plane, image_size, model_spacing)
     return Prepared(grid.to_model(moved[idx]), grid, normaliser, axis, idx, shape)

@@ -6,30 +6,28 @@ Layout (see docs/training.md)::
     folder/sub01_mask.nii.gz       its mask (also _seg, _label, _labels), or masks/sub01.nii.gz
     labels.csv                     optional: columns file,class
 
-Files are loaded with MONAI (nibabel reader, channel first, RAS orientation,
-percentile scaling to [0, 1] as at inference, anti-aliasing, resampling to the
-model spacing) and put on the model grid with the same foreground centring as
-:func:`~napari_diffmed.training.datasets.template_slices`.
+Files are read and put on the model grid by the code inference uses for a scan
+(:func:`~napari_diffmed.io.read_nifti`, then :func:`~napari_diffmed.volumes.prepare_grid`:
+closest canonical orientation, the card's percentile normalisation, anti-aliasing and one
+resampling onto the foreground-centred model grid), so a model trains on what it is shown.
 """
 
 from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from ..geometry import Grid
 from .datasets import Batches, GridData
 
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_labels")
 MASK_DIRS = ("masks", "labels")
 SIDECAR_SUFFIXES = (".csv", ".tsv", ".json", ".txt", ".md")
 NIFTI_EXTS = (".nii.gz", ".nii")
-RAS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 @dataclass(frozen=True)
@@ -190,64 +188,41 @@ def held_out_subjects(items: Sequence[Item], fraction: float = 0.2, seed: int = 
     return set(order[:n_held])
 
 
-def load_item(item: Item, spacing_xyz: Sequence[float], lower: float = 0.5, upper: float = 99.5):
-    """One image (and mask) via MONAI, in napari order (z, y, x), image on [0, 1], mask as a 0..1 fraction."""
-    import nibabel as nib
-    import torch
-    from monai import transforms as T
-    from scipy import ndimage
+def load_item(item: Item, image_size: Sequence[int], spacing: Sequence[float], lower: float = 0.5,
+              upper: float = 99.5) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image (and mask) on the model grid, read and prepared exactly as inference reads and prepares a
+    scan (:func:`~napari_diffmed.io.read_nifti`, :func:`~napari_diffmed.volumes.prepare_grid`): 2D grids take
+    the axial slices, 3D grids the volume. The image comes on [0, 1], the mask as a 0..1 fraction."""
+    from ..volumes import prepare_grid
 
-    keys = ["image"] if item.mask is None else ["image", "mask"]
-    shapes = []
-    for key in keys:
-        path = getattr(item, key)
-        try:
-            shape = nib.load(str(path)).shape
-        except Exception as err:
-            raise ValueError(f"cannot read {path}: {err}") from None
-        if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
-            raise ValueError(f"{path} has shape {shape}; training needs 3D volumes (one volume per file)")
-        shapes.append(shape[:3])
-    if len(shapes) == 2 and shapes[0] != shapes[1]:
-        raise ValueError(f"mask {item.mask} has shape {shapes[1]} but its image {item.image} has {shapes[0]}")
-
-    def antialias(img):  # the smoothing Grid.to_model applies before downsampling at inference
-        ratio = np.array([s / p if s > 0 else 1.0 for s, p in zip(spacing_xyz, img.pixdim.tolist())])
-        sigma = np.maximum(0.0, (ratio - 1.0) / 2.0)
-        if sigma.max() > 0:
-            smooth = ndimage.gaussian_filter(img[0].numpy(), sigma=sigma, mode="nearest")
-            img = img.clone()
-            img[0] = torch.from_numpy(smooth)
-        return img
-
-    pipeline = T.Compose([
-        T.LoadImaged(keys=keys, reader="NibabelReader", image_only=True),
-        T.EnsureChannelFirstd(keys=keys),
-        T.Orientationd(keys=keys, axcodes="RAS", labels=RAS),
-        *([T.Lambdad(keys=["mask"], func=lambda m: (m > 0).to(torch.float32))] if item.mask is not None else []),
-        T.ScaleIntensityRangePercentilesd(keys=["image"], lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True),
-        T.Lambdad(keys=keys, func=antialias),
-        T.Spacingd(keys=keys, pixdim=tuple(spacing_xyz), mode="bilinear", padding_mode="zeros"),
-    ])
+    image, kwargs = _read_volume(item.image)
     try:
-        out = pipeline({k: str(getattr(item, k)) for k in keys})
-    except Exception as err:  # MONAI wraps reader and transform errors
-        raise ValueError(f"cannot load {item.image}: {err}") from None
-    image = np.transpose(np.asarray(out["image"][0], dtype=np.float32), (2, 1, 0))
-    if not image.max() > 0:
-        raise ValueError(f"{item.image} has no intensity range (its percentiles are equal)")
-    spacing = tuple(float(s) for s in out["image"].pixdim.tolist()[::-1])
-    mask = None
-    if item.mask is not None:
-        mask = np.clip(np.transpose(np.asarray(out["mask"][0], dtype=np.float32), (2, 1, 0)), 0, 1)
-    return image, mask, spacing
+        prepared = prepare_grid(image, kwargs["metadata"]["spacing"], image_size, spacing, lower, upper, axis=0)
+    except ValueError as err:
+        raise ValueError(f"{item.image}: {err}") from None
+    on_grid = (prepared.data + 1.0) / 2.0
+    if item.mask is None:
+        return on_grid, None
+    mask, _ = _read_volume(item.mask)
+    if mask.shape != image.shape:
+        raise ValueError(f"mask {item.mask} has shape {mask.shape[::-1]} but its image {item.image} has "
+                         f"{image.shape[::-1]}")
+    inside = (mask > 0).astype(np.float32)
+    fraction = prepared.grid.to_model(inside[prepared.indices] if prepared.axis is not None else inside[None], cval=0.0)
+    return on_grid, np.clip(fraction, 0, 1)
 
 
-def _grid(volume: np.ndarray, spacing: Sequence[float], image_size: Sequence[int]) -> Grid:
-    """Foreground-centred grid at the volume's own spacing, shifted by whole voxels (no second interpolation)."""
-    grid = Grid.for_volume(volume, spacing, image_size, spacing[-len(image_size):])
-    c_out = (np.array(image_size) - 1) / 2.0
-    return replace(grid, centre=tuple(float(c) for c in np.round(np.array(grid.centre) - c_out) + c_out))
+def _read_volume(path: Path) -> tuple[np.ndarray, dict]:
+    """A 3D NIfTI volume through the reader (canonical orientation, napari order), or a clear error."""
+    from ..io import read_nifti
+
+    data, kwargs, _ = read_nifti(path, as_labels=False)
+    if data.ndim == 4 and data.shape[0] == 1:  # (x, y, z, 1): one volume
+        data = data[0]
+    if data.ndim != 3 or kwargs["metadata"].get("squeezed"):
+        raise ValueError(f"{path} has shape {kwargs['metadata']['source_shape']}; training needs 3D volumes "
+                         "(one volume per file)")
+    return data, kwargs
 
 
 def load_folder(
@@ -259,16 +234,10 @@ def load_folder(
     if dims not in (2, 3) or len(spacing) != dims:
         raise ValueError(f"image_size {list(image_size)} and spacing {list(spacing)} need 2 or 3 matching entries")
     norm = normalisation or {}
-    spacing_xyz = tuple(spacing[::-1]) + ((-1.0,) if dims == 2 else ())  # keep the slice spacing of 2D models
     images, probs, held, labels, subjects = [], [], [], [], []
     for n, item in enumerate(items):
-        image, mask, vox = load_item(item, spacing_xyz, norm.get("lower", 0.5), norm.get("upper", 99.5))
-        grid = _grid(image, vox, image_size)
-        on_grid = np.clip(grid.to_model(image, cval=0.0), 0, 1)
-        prob = None if mask is None else np.clip(grid.to_model(mask, cval=0.0), 0, 1)
-        if dims == 3:
-            on_grid, prob = on_grid[None], None if prob is None else prob[None]
-        else:
+        on_grid, prob = load_item(item, image_size, spacing, norm.get("lower", 0.5), norm.get("upper", 99.5))
+        if dims == 2:
             keep = (on_grid > 0.15).mean(axis=(1, 2)) >= min_foreground
             on_grid, prob = on_grid[keep], None if prob is None else prob[keep]
         images.append(on_grid)

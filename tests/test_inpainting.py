@@ -12,7 +12,6 @@ from napari_diffmed.inpainting import (
     DEFAULTS, MODES, InpaintSettings, count_network_calls, edge_energy, inpaint, iter_inpaint, repaint_schedule,
     seam_energy, settings_for,
 )
-from napari_diffmed.masks import resample_mask
 
 FAST = dict(steps=4, jump_length=2, resamplings=2, device="cpu")
 

@@ -60,19 +60,19 @@ def test_segment_follows_the_scan_opened_last_until_one_is_picked(make_napari_vi
     viewer = make_napari_viewer()
     _add_scan(viewer, "first", 40)
     widget = SegmentationWidget(viewer)
-    assert widget.image.value == "first" and widget.stop.value - widget.first.value == 12  # the default slab
+    assert widget.image.value.name == "first" and widget.stop.value - widget.first.value == 12  # the default slab
     _add_scan(viewer, "second", 8, seed=1)
-    assert widget.image.value == "second"
+    assert widget.image.value.name == "second"
     assert (widget.first.value, widget.stop.value) == (0, 8)  # re-centred on the new scan, clipped to it
     viewer.layers.selection.active = viewer.layers["first"]
-    assert widget.image.value == "first"
+    assert widget.image.value.name == "first"
     _pick(widget.image, "second")
     _add_scan(viewer, "third", 8, seed=2)
     viewer.layers.selection.active = viewer.layers["first"]
-    assert widget.image.value == "second"  # picked by hand: it stays
+    assert widget.image.value.name == "second"  # picked by hand: it stays
     viewer.layers.remove("second")
     _add_scan(viewer, "fourth", 8, seed=3)
-    assert widget.image.value == "fourth"  # the picked layer is gone: following again
+    assert widget.image.value.name == "fourth"  # the picked layer is gone: following again
 
 
 def test_slice_range_fields_show_only_for_a_slice_range(make_napari_viewer):

@@ -3,96 +3,66 @@ panel that walks the slices where the members disagree most (annotation-assisted
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import napari
 import numpy as np
-from magicgui.widgets import (
-    CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label, ProgressBar, PushButton, Select, SpinBox,
-)
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton, Select, SpinBox
 from napari.layers import Image, Labels
-from napari.utils.notifications import show_error
 
-from ..device import DEVICE_CHOICES
 from ..ensemble import DEFAULTS, MAX_MEMBERS, RULES
-from ..models import default_model, list_models
+from ..models import default_model
 from ..sampling import SCHEDULER_NAMES
-from .backend import BackendChoice
-from .dock import FollowImage, short_tab_title
-from .layers import PreviewLayer, placement
-from .jobs import JobRunner
+from .base import Job, TaskWidget
+from .choices import LayerPicker, SliceChoice
+from .dock import FollowImage
+from .layers import placement
 from .preprocess import PreprocessPanel, card_of
 
-
-REGIONS = ("slice range", "current slice", "whole volume")
 SLAB = 12  # slices in the default range, around the current one
 
 
-class SegmentationWidget(Container):
+class SegmentationWidget(TaskWidget):
     """Choose a scan, a segmentation model and the ensemble; Run adds consensus labels, mean, variance and
     entropy layers. The threshold and fusion rule re-fuse the stored members without the model; the review
     list ranks slices by disagreement and Previous/Next move the viewer there."""
 
+    tab, title, model_task = "Segment", "Segment", "segmentation"
+
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        self.viewer = viewer
-        self.image = ComboBox(label="image", choices=self._layers(Image), nullable=True)
-        names = [entry.name for entry in list_models(task="segmentation")]
-        default = default_model("segmentation", 2)
-        self.model = ComboBox(label="model", choices=names, value=default if default in names else None,
-                              nullable=True)
-        self.model_file = FileEdit(label="or model file", mode="r", filter="*.safetensors", nullable=True)
+        super().__init__(viewer, default_model("segmentation", 2))
+        self.image = LayerPicker(viewer, Image, "image")
         self.members = SpinBox(label="members", min=1, max=MAX_MEMBERS, value=DEFAULTS.members)
         self.steps = SpinBox(label="steps", min=1, max=1000, value=DEFAULTS.steps, tooltip="DDPM needs all 1000")
         self.scheduler = ComboBox(label="scheduler", choices=list(SCHEDULER_NAMES), value=DEFAULTS.scheduler)
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=DEFAULTS.seed)
-        self.axis = SpinBox(label="slice axis", min=0, max=2, value=0)
-        self.region = ComboBox(label="region", choices=list(REGIONS), value=REGIONS[0])
-        self.first = SpinBox(label="first slice", min=0, max=100_000, value=0)
-        self.stop = SpinBox(label="stop slice (excluded)", min=1, max=100_000, value=SLAB,
-                            tooltip="the range is first, first + 1, ..., stop - 1, as --slices FIRST:STOP")
-        self.device = ComboBox(label="device", choices=list(DEVICE_CHOICES), value="auto")
-        self.backend = BackendChoice(self.device)
+        self.slices = SliceChoice(viewer, region="slice range", stop=SLAB)
+        self.region, self.axis, self.first, self.stop = self.slices.widgets
         self.keep_members = CheckBox(text="add the members as a stack layer", value=False)
-        self.run_button, self.cancel_button = PushButton(text="Run"), PushButton(text="Cancel")
-        self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
-        self.status = Label(value="")
         self.rule = ComboBox(label="fusion", choices=list(RULES), value=DEFAULTS.rule,
                              tooltip="majority: fraction of members voting > threshold; mean: mean probability")
         self.threshold = FloatSlider(label="threshold", min=0.0, max=1.0, step=0.01, value=DEFAULTS.threshold)
-        self.reference = ComboBox(label="reference labels", choices=self._layers(Labels), nullable=True, value=None)
+        self.reference = LayerPicker(viewer, Labels, "reference labels", nullable=True)
         self._choices: list[tuple[str, int]] = []  # the ranking, read back by napari's reset_choices
         self.ranked = Select(label="most uncertain slices", choices=lambda *_: self._choices)
         self.previous_button, self.next_button = PushButton(text="Previous"), PushButton(text="Next")
         self.metrics = Label(value="")
-        self.prep = PreprocessPanel(viewer, lambda: self.viewer.layers[self.image.value] if self.image.value else None,
-                                    lambda: card_of(self.model_source()))
-        super().__init__(widgets=[
-            self.image, self.model, self.model_file, self.members, self.steps, self.scheduler, self.seed, self.axis,
-            self.region, self.first, self.stop, self.device, self.backend, self.keep_members, self.prep,
-            Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
-            self.progress, self.status, self.rule, self.threshold, self.reference, self.ranked,
-            Container(widgets=[self.previous_button, self.next_button], layout="horizontal", labels=False),
-            self.metrics,
-        ])
-        self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
-        self.preview = PreviewLayer(viewer)
-        self.worker = None
+        self.prep = PreprocessPanel(viewer, lambda: self.image.value, lambda: card_of(self.model_source()))
+        self.lay_out(
+            inputs=[self.image],
+            options=[self.members, self.steps, self.scheduler, self.seed, *self.slices.widgets],
+            extras=[self.keep_members, self.prep],
+            review=[self.rule, self.threshold, self.reference, self.ranked,
+                    Container(widgets=[self.previous_button, self.next_button], layout="horizontal", labels=False),
+                    self.metrics])
         self.result = None
         self.result_layers: dict[str, Any] = {}
         self._source: Image | None = None
         self._order: list[int] = []
         self._position = -1
-        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(self._refresh_layers)
-        self._refresh_layers()
         self.follow = FollowImage(viewer, self.image)
-        self.region.changed.connect(self._show_range)
-        self._show_range()
-        short_tab_title(self, "Segment")
         self.image.changed.connect(self._centre_range)
         self.axis.changed.connect(self._centre_range)
-        self.run_button.changed.connect(self.run)
         self.rule.changed.connect(self.refuse)
         self.threshold.changed.connect(self.refuse)
         self.reference.changed.connect(self._score)
@@ -101,134 +71,84 @@ class SegmentationWidget(Container):
         self.next_button.changed.connect(lambda *_: self.step(1))
         self._centre_range()
 
-    # --- choices ------------------------------------------------------------------------------------
-
-    def _layers(self, kind):
-        """Layer names of one kind, as a callable: napari's ``reset_choices`` on layer changes calls it."""
-        return lambda *_: [layer.name for layer in self.viewer.layers if isinstance(layer, kind)]
-
-    def _refresh_layers(self, *_: Any) -> None:
-        self.reset_choices()
-        names = self._layers(Image)()
-        if self.image.value is None and names:
-            self.image.value = names[0]
-
-    def _current_slice(self, image: Image) -> int:
-        axis = min(self.axis.value, image.ndim - 1)
-        index = np.asarray(image.world_to_data(self.viewer.dims.point[-image.ndim:]))[axis]
-        return int(np.clip(round(float(index)), 0, image.data.shape[axis] - 1))
-
     def _centre_range(self, *_: Any) -> None:
         """A slab of ``SLAB`` slices around the current one: about a minute on a laptop CPU."""
-        if self.image.value is None:
-            return
-        image = self.viewer.layers[self.image.value]
-        if image.ndim != 3:
-            return
-        depth = image.data.shape[self.axis.value]
-        start = int(np.clip(self._current_slice(image) - SLAB // 2, 0, max(0, depth - SLAB)))
-        self.first.value, self.stop.value = start, min(depth, start + SLAB)
+        self.slices.centre(self.image.value, SLAB)
 
-    def _show_range(self, *_: Any) -> None:
-        for field in (self.first, self.stop):
-            field.visible = self.region.value == "slice range"
-
-    def model_source(self) -> str | None:
-        path = self.model_file.value
-        return str(path) if path not in (None, Path("."), Path("")) else self.model.value
+    def _indices(self, image: Image) -> list[int] | None:
+        return self.slices.indices(image)
 
     def settings(self) -> dict[str, Any]:
         """The widget's values as keyword arguments of :func:`~napari_diffmed.ensemble.iter_segment_ensemble`."""
         return dict(members=self.members.value, steps=self.steps.value, scheduler=self.scheduler.value,
                     seed=self.seed.value, axis=self.axis.value, device=self.device.value)
 
-    def _indices(self, image: Image) -> list[int] | None:
-        if self.region.value == "whole volume" or image.ndim == 2:
-            return None
-        if self.region.value == "current slice":
-            return [self._current_slice(image)]
-        return list(range(self.first.value, self.stop.value))
-
     # --- running ------------------------------------------------------------------------------------
 
-    def _fail(self, message: str) -> None:
-        show_error(f"Segment: {message}")
-        self.status.value = f"failed: {message}"
-
-    def run(self, *_: Any):
-        """Copy the scan and start the ensemble; returns the worker (None on bad input)."""
+    def prepare(self) -> Job:
+        """Check the choices, copy the scan; the job runs the ensemble (through the preprocessing panel)."""
         from ..ensemble import check_segmentation_card, iter_segment_ensemble, planned_calls
-        from ..models import ModelCard, resolve
-        from ..models.checkpoint import card_path
-        from ..slices import check_slices
 
-        iter_segment_ensemble = self.backend.task(iter_segment_ensemble)
-        if self.image.value is None or self.model_source() is None:
-            self._fail("choose an image layer and a segmentation model")
-            return None
-        image = self.viewer.layers[self.image.value]
-        try:
-            if image.rgb or image.multiscale or image.ndim not in (2, 3):
-                raise ValueError(f"layer {image.name!r} must be a single-channel 2D image or 3D volume")
-            indices = self._indices(image)
-            card = ModelCard.read(card_path(resolve(self.model_source())))  # the card only: the job loads the weights
-            check_segmentation_card(card)
-            depth = image.data.shape[self.axis.value] if image.ndim == 3 else 1
-            indices = check_slices(indices, depth, self.axis.value)
-            n = 1 if card.spatial_dims == 3 else len(indices) if indices is not None else depth
-            total = planned_calls(card, n, members=self.members.value, steps=self.steps.value,
-                                  scheduler=self.scheduler.value)
-        except (ValueError, OSError) as err:
-            self._fail(str(err))
-            return None
+        image = self.image.value
+        if image is None or self.model_source() is None:
+            raise ValueError("choose an image layer and a segmentation model")
+        if image.rgb or image.multiscale or image.ndim not in (2, 3):
+            raise ValueError(f"layer {image.name!r} must be a single-channel 2D image or 3D volume")
+        card = self.read_card()  # the card only: the job loads the weights
+        check_segmentation_card(card)
+        indices = self.slices.checked(image)
+        depth = image.data.shape[self.axis.value] if image.ndim == 3 else 1
+        n = 1 if card.spatial_dims == 3 else len(indices) if indices is not None else depth
+        members, steps, scheduler = self.members.value, self.steps.value, self.scheduler.value
         data = np.array(image.data, dtype=np.float32)  # a copy: the layer is never touched
         spacing = image.metadata.get("spacing") or tuple(image.scale)
-        kwargs = {**self.settings(), "model": self.model_source(), "indices": indices}
+        kwargs = {**self.settings(), "model": self.model_source()}
+        task, meta, rule, threshold = self.backend.task(iter_segment_ensemble), dict(image.metadata), \
+            self.rule.value, self.threshold.value
         self._source = image
 
-        meta = dict(image.metadata)
-
-        def job():
-            make = lambda img, sp, ax, idx, _: iter_segment_ensemble(  # noqa: E731
-                img, sp, **{**kwargs, "axis": ax, "indices": idx})
+        def start():
+            make = lambda img, sp, ax, idx, _: task(img, sp, **{**kwargs, "axis": ax, "indices": idx})  # noqa: E731
             return self.prep.job("segmentation", make, data, spacing, card, kwargs["axis"], indices, metadata=meta)
 
-        worker = self.runner.start(job, total=total, on_done=self._add_result, on_preview=self._show_preview,
-                                   description="Segment")
-        if worker is not None:
-            worker.finished.connect(self.preview.remove)
-            self.worker = worker
-        return worker
+        return Job(start, check=lambda: planned_calls(card, n, members=members, steps=steps, scheduler=scheduler),
+                   finish=lambda result: (result, (rule, threshold), result.labels(rule, threshold)))
 
-    def _show_preview(self, event) -> None:
+    def show_preview(self, event) -> None:
         self.preview.show(event.preview, f"{self._source.name} ensemble preview", colormap="magma",
                           blending="additive", contrast_limits=(0.0, 1.0), **placement(self._source))
 
-    def _add_result(self, result) -> None:
-        self.preview.remove()
+    def add_result(self, done) -> Iterator[None]:
+        result, fused, labels = done
         self.prep.report(result)
         src, self.result = self._source, result
         place = placement(src)
         place["metadata"] = {**place["metadata"], "provenance": result.provenance}
         name, add = src.name, self.viewer.add_image
-        self.result_layers = {  # only the consensus arrives visible; the maps are a click away in the layer list
-            "mean": add(result.mean, name=f"{name} ensemble mean", colormap="viridis", contrast_limits=(0, 1),
-                        opacity=0.6, blending="additive", visible=False, **place),
-            "variance": add(result.variance, name=f"{name} ensemble variance", colormap="magma", visible=False,
-                            contrast_limits=(0, 0.25), blending="additive", **place),
-            "entropy": add(result.entropy, name=f"{name} ensemble entropy", colormap="inferno", contrast_limits=(0, 1),
-                           blending="additive", opacity=0.7, visible=False, **place),
-        }
+        self.result_layers = {}  # only the consensus arrives visible; the maps are a click away in the layer list
+        self.result_layers["mean"] = add(result.mean, name=f"{name} ensemble mean", colormap="viridis",
+                                         contrast_limits=(0, 1), opacity=0.6, blending="additive", visible=False,
+                                         **place)
+        yield
+        self.result_layers["variance"] = add(result.variance, name=f"{name} ensemble variance", colormap="magma",
+                                             visible=False, contrast_limits=(0, 0.25), blending="additive", **place)
+        yield
+        self.result_layers["entropy"] = add(result.entropy, name=f"{name} ensemble entropy", colormap="inferno",
+                                            contrast_limits=(0, 1), blending="additive", opacity=0.7, visible=False,
+                                            **place)
+        yield
         if self.keep_members.value:
             stack = placement(src, lead=1)
             stack["metadata"] = {**stack["metadata"], "provenance": result.provenance}
             self.result_layers["members"] = add(result.members, name=f"{name} ensemble members", colormap="gray",
                                                 contrast_limits=(0, 1), visible=False, **stack)
-        self.result_layers["labels"] = self.viewer.add_labels(
-            result.labels(self.rule.value, self.threshold.value), name=f"{name} consensus", opacity=0.5, **place)
+            yield
+        if fused != (self.rule.value, self.threshold.value):  # changed during the run
+            labels = result.labels(self.rule.value, self.threshold.value)
+        self.result_layers["labels"] = self.viewer.add_labels(labels, name=f"{name} consensus", opacity=0.5, **place)
+        yield
         self._rank()
         self._score()
-        self.progress.value = self.progress.max
         prov = result.provenance
         self.status.value = f"done: {prov['network_calls']} network calls in {prov['seconds']:.1f} s"
 
@@ -284,7 +204,7 @@ class SegmentationWidget(Container):
             return
         from ..evaluation.segmentation import segmentation_scores
 
-        reference = np.asarray(self.viewer.layers[self.reference.value].data)
+        reference = np.asarray(self.reference.value.data)
         spacing = self.result.provenance.get("spacing")
         try:
             s = segmentation_scores(self.result, reference, spacing, self.rule.value, self.threshold.value)

@@ -70,6 +70,16 @@ def wait(worker, timeout: float = 600.0) -> None:
     loop.exec()
 
 
+def wait_ready(widget, timeout: float = 600.0) -> None:
+    """Run the Qt event loop until the widget takes the next job (its result layers are all added)."""
+    from qtpy.QtWidgets import QApplication
+
+    end = time.perf_counter() + timeout
+    while widget.runner.running and time.perf_counter() < end:
+        QApplication.processEvents()
+        time.sleep(0.002)
+
+
 def wait_for_events(events: list, n: int, timeout: float = 120.0) -> None:
     from qtpy.QtWidgets import QApplication
 
@@ -129,6 +139,7 @@ def measure(viewer, name, factory, short, long) -> list:
             raise RuntimeError(f"{name} refused to run: {widget.status.value}")
         worker.yielded.connect(lambda e: events.append(time.perf_counter()))
         wait(worker)
+        wait_ready(widget)
         seconds = time.perf_counter() - start
     late, busy = sorted(clock.late), max(clock.busy, default=0.0)
     configure(widget, long)
@@ -143,6 +154,7 @@ def measure(viewer, name, factory, short, long) -> list:
     pressed = time.perf_counter()
     widget.cancel_button.changed.emit(True)
     wait(worker, timeout=600)
+    wait_ready(widget)
     stopped = time.perf_counter() - pressed
     halt = halted[0] - pressed if halted else float("nan")
     step = statistics.median(np.diff(stamps)) if len(stamps) > 1 else float("nan")

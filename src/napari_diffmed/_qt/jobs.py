@@ -76,12 +76,22 @@ class JobRunner:
         adding: list = []  # the result's layer additions still to come
         ended: list[bool] = []  # the worker has finished
 
+        taken = threading.Semaphore(1)  # the worker runs at most one event ahead of the GUI thread
+
         def _gen():
             if check is not None:
                 check()
             running.append(job())
             with _inference_mode():
-                result = yield from running[0]
+                while True:
+                    try:
+                        event = next(running[0])
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
+                    while not taken.acquire(timeout=0.05) and not worker.abort_requested:
+                        pass
+                    yield event
             if worker.abort_requested:
                 return None
             return result if finish is None else finish(result)
@@ -100,6 +110,7 @@ class JobRunner:
             self.progress.max, self.progress.value = max(1, total), 0
 
         def yielded(event: Progress) -> None:
+            taken.release()
             if worker.abort_requested:
                 return
             self._set_status(f"{event.message or 'step'} {event.done}/{event.total}")

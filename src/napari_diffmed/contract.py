@@ -132,11 +132,11 @@ class TaskSettings:
             if not isinstance(self.device, str) or self.device.lower().split(":")[0] not in DEVICE_CHOICES:
                 raise ValueError(f"device {self.device!r} is not one of {DEVICE_CHOICES}")
         if "scheduler" in names:
-            from .sampling import SCHEDULER_NAMES
+            from .schedulers import SCHEDULERS, kind_of
 
-            if not isinstance(self.scheduler, str) or (self.scheduler.lower() not in SCHEDULER_NAMES
-                                                       and self.scheduler not in SCHEDULER_NAMES.values()):
-                raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {sorted(SCHEDULER_NAMES)}")
+            if not isinstance(self.scheduler, str):
+                raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {sorted(SCHEDULERS)}")
+            kind_of(self.scheduler)  # names the choices
         if "axis" in names:
             check_axis(self.axis, 3)
         if "indices" in names and self.indices is not None:

@@ -180,6 +180,13 @@ def kind_of(name: str) -> SchedulerKind:
     raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}")
 
 
+def samplers_for(trained: str) -> list[str]:
+    """Short names of the schedulers that can sample a model trained with ``trained``: the noise schedulers
+    for a noise model, rectified flow for a flow model."""
+    flow = kind_of(trained).flow
+    return [kind.name for kind in SCHEDULERS.values() if kind.flow == flow]
+
+
 def adapt(scheduler, **options: Any) -> Adapter:
     """The adapter for a MONAI scheduler object (``options``: see :class:`Adapter`)."""
     return kind_of(type(scheduler).__name__).adapter(scheduler, **options)

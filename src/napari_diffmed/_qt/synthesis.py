@@ -10,7 +10,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, LineEdit, SpinBox
 
 from ..models import ModelCard, ModelCardError, default_model
-from ..sampling import SCHEDULER_NAMES
+from ..schedulers import samplers_for
 from ..synthesis import DEFAULTS, MAX_GUIDANCE, MAX_SAMPLES, SWEEP_SCALES, SynthesisSettings
 from .base import Job, TaskWidget
 
@@ -65,8 +65,7 @@ class SynthesisWidget(TaskWidget):
     def _schedulers(self, *_: Any) -> list[str]:
         """Schedulers that can sample the chosen model (rectified flow only for models trained for it)."""
         card = getattr(self, "_card", None)
-        rflow = card is not None and card.scheduler["name"] == "RFlowScheduler"
-        return ["rflow"] if rflow else [k for k, v in SCHEDULER_NAMES.items() if v != "RFlowScheduler"]
+        return samplers_for(card.scheduler["name"] if card is not None else DEFAULTS.scheduler)
 
     def _classes(self, *_: Any) -> list[str]:
         """The chosen model's classes (a callable, so napari's ``reset_choices`` keeps them)."""

@@ -146,6 +146,25 @@ def test_the_widget_refuses_then_marks_a_forced_run(make_napari_viewer, run_widg
 
 
 @pytest.mark.gui
+def test_the_widget_says_when_a_layer_has_no_spacing(make_napari_viewer, run_widget, domain_model, scans):
+    from napari_diffmed._qt.segmentation import SegmentationWidget
+
+    t1, _, spacing = scans
+    viewer = make_napari_viewer()
+    viewer.add_image(t1, name="array")  # a bare array: no reader's spacing, scale 1
+    widget = SegmentationWidget(viewer)
+    widget.model_file.value = str(domain_model)
+    widget.members.value, widget.steps.value = 1, 2
+    widget.first.value, widget.stop.value = 40, 41
+    widget.device.value, widget.prep.use_template.value = "cpu", False
+    run_widget(widget)
+    assert widget.result is not None and "spacing_unknown" in widget.prep.mark.value
+    viewer.layers["array"].scale = spacing  # a scale someone set is the spacing
+    run_widget(widget)
+    assert "spacing_unknown" not in widget.prep.mark.value
+
+
+@pytest.mark.gui
 def test_the_registered_preview_is_shown_without_taking_the_widgets_scan(make_napari_viewer, qtbot, domain_model,
                                                                          scans):
     from napari_diffmed._qt.segmentation import SegmentationWidget

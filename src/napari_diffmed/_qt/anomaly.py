@@ -15,6 +15,7 @@ from ..models import ModelCardError, default_model
 from .base import Job, TaskWidget
 from .choices import LayerPicker
 from .dock import FollowImage
+from .layers import spacing_of
 from .preprocess import PreprocessPanel, card_of
 
 GEOMETRY = ("scale", "translate", "rotate", "shear")
@@ -113,7 +114,7 @@ class AnomalyWidget(TaskWidget):
         if layer.rgb or layer.multiscale or layer.ndim not in (2, 3):
             raise ValueError(f"layer {layer.name!r} must be a single-channel 2D image or 3D volume")
         data = np.array(layer.data, dtype=np.float32)  # a copy: the layer is never touched
-        spacing = tuple(layer.metadata.get("spacing", layer.scale))
+        spacing = spacing_of(layer)
         indices, settings = parse_slices(self.slices.value), self.settings()
         indices = check_slices(indices, data.shape[0] if data.ndim == 3 else 1)
         config = DEFAULTS.replace(**settings)  # checks the values

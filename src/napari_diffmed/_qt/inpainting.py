@@ -16,7 +16,7 @@ from ..models import ModelCard, ModelCardError
 from .base import Job, TaskWidget
 from .choices import LayerPicker, SliceChoice
 from .dock import FollowImage
-from .layers import placement, world_matrix
+from .layers import placement, spacing_of, world_matrix
 from .preprocess import PreprocessPanel, card_of
 
 
@@ -147,7 +147,7 @@ class InpaintingWidget(TaskWidget):
         for note in notes:
             show_info(f"Inpaint: {note}")
         data = np.array(image.data, copy=True)
-        spacing = image.metadata.get("spacing") or tuple(image.scale)
+        spacing = spacing_of(image)
         kwargs = {**self.settings(), "model": self.model_source(), "indices": indices}
         calls = count_network_calls(repaint_schedule(settings)) * self._batches(mask, indices)
         task, card, meta = self.backend.task(iter_inpaint), card_of(self.model_source()), dict(image.metadata)

@@ -16,6 +16,16 @@ def world_matrix(layer) -> np.ndarray:
     return geometry.world_matrix(placement, layer.ndim)
 
 
+def spacing_of(layer) -> tuple[float, ...] | None:
+    """The voxel spacing of an image layer in mm: the reader's (``metadata["spacing"]``), else the layer's
+    scale when someone set it, else None (unknown: the task's domain check says so and assumes 1 mm)."""
+    spacing = layer.metadata.get("spacing")
+    if spacing is not None:
+        return tuple(float(s) for s in spacing)
+    scale = tuple(float(s) for s in layer.scale)
+    return None if np.allclose(scale, 1.0) else scale
+
+
 def placement(layer, lead: int = 0) -> dict[str, Any]:
     """Where ``layer`` sits in the world (scale/translate, or an affine), with ``lead`` extra leading axes,
     and its metadata without the provenance of whatever made it."""

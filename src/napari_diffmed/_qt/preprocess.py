@@ -10,6 +10,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton
 from napari.utils.notifications import show_error, show_warning
 
 from ..preprocess.pipeline import REGISTER, SKULL, PreprocessSettings, in_template_space
+from .layers import spacing_of
 
 MARK = "\u26a0 "
 
@@ -73,7 +74,7 @@ class PreprocessPanel(Container):
             return None
         settings = self.settings(card) or PreprocessSettings()
         data = np.array(layer.data, dtype=np.float32)
-        spacing = layer.metadata.get("spacing") or tuple(layer.scale)
+        spacing = spacing_of(layer)
 
         def work():
             model_scan, tf = to_model_space(data, spacing, card, settings, force=self.force.value)

@@ -16,7 +16,7 @@ from ..sampling import SCHEDULER_NAMES
 from .base import Job, TaskWidget
 from .choices import LayerPicker, SliceChoice
 from .dock import FollowImage
-from .layers import placement
+from .layers import placement, spacing_of
 from .preprocess import PreprocessPanel, card_of
 
 SLAB = 12  # slices in the default range, around the current one
@@ -101,7 +101,7 @@ class SegmentationWidget(TaskWidget):
         n = 1 if card.spatial_dims == 3 else len(indices) if indices is not None else depth
         members, steps, scheduler = self.members.value, self.steps.value, self.scheduler.value
         data = np.array(image.data, dtype=np.float32)  # a copy: the layer is never touched
-        spacing = image.metadata.get("spacing") or tuple(image.scale)
+        spacing = spacing_of(image)
         kwargs = {**self.settings(), "model": self.model_source()}
         task, meta, rule, threshold = self.backend.task(iter_segment_ensemble), dict(image.metadata), \
             self.rule.value, self.threshold.value

@@ -121,6 +121,19 @@ def test_the_cli_names_a_coronal_slice(domain_model, scans, tmp_path, capsys):
     assert "warning: plane: this is a coronal slice" in capsys.readouterr().err
 
 
+def test_the_cli_refuses_a_4d_series_naming_it(domain_model, scans, tmp_path, capsys):
+    from napari_diffmed.cli import main
+
+    t1, _, _ = scans
+    series = tmp_path / "bold.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack([t1.T] * 3, axis=-1), np.diag([2.0, 2.0, 2.0, 1.0])), str(series))
+    argv = ["segment", str(series), "--model", str(domain_model), "--members", "1", "--steps", "2", "--quiet",
+            "--device", "cpu", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "a 4D series of 3 volumes" in err and "fMRI or diffusion" in err and not (tmp_path / "o").exists()
+
+
 @pytest.mark.gui
 def test_the_widget_refuses_then_marks_a_forced_run(make_napari_viewer, run_widget, qtbot, domain_model, scans):
     from napari_diffmed._qt.segmentation import SegmentationWidget

@@ -118,6 +118,10 @@ def read_scan(path: Path, series: str | None = None):
     from .io import read_scan as read
 
     scan, kwargs, _ = read(path, as_labels=False, series=series)
+    if scan.ndim == 4:
+        raise ValueError(f"{path}: a 4D series of {scan.shape[0]} volumes {scan.shape[1:]} (fMRI or diffusion?), not "
+                         "one structural scan; save the volume you mean as its own file (e.g. nibabel.funcs."
+                         "four_to_three) and check it is the modality the model was trained on")
     if scan.ndim not in (2, 3):
         raise ValueError(f"{path}: expected a 2D or 3D scan, got shape {scan.shape}")
     return scan, kwargs

@@ -11,7 +11,7 @@ from napari_diffmed.domain import DomainWarning, OutOfDomainError, check_scan
 
 DOMAIN = {"template": "MNI152NLin2009aSym", "template_resolution_mm": 2, "plane": "axial", "modality": "T1",
           "brain_extent_mm": [155.0, 181.0, 145.0], "skull": False}
-FAST = dict(members=1, steps=2, device="cpu")
+FAST = dict(members=1, steps=2, device="cpu", preprocess="none")  # the check alone; test_preprocess runs the rest
 
 
 @pytest.fixture(scope="module")

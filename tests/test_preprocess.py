@@ -155,3 +155,23 @@ def test_dask_settings_reach_the_preprocessing_flags():
                                               "force": True})
     assert settings.preprocess == PreprocessSettings(n4=False, register="deformable", skull_strip="yes")
     assert settings.force is True
+
+
+def test_the_python_api_preprocesses_by_default_as_the_command_line_does(head, tmp_path_factory):
+    """``segment_ensemble`` with no ``preprocess`` brings a scan with skull to the template and back (the card
+    names a template); without spacing it cannot, and says so instead of failing."""
+    from conftest import SCHEDULER, TINY_NET, _save_tiny
+    from napari_diffmed.domain import DomainWarning
+    from napari_diffmed.ensemble import segment_ensemble
+
+    model = _save_tiny(tmp_path_factory, dict(
+        name="tiny_seg_api_template", task="segmentation", spatial_dims=2, image_size=[16, 16], spacing=[8.0, 8.0],
+        network=dict(spatial_dims=2, in_channels=2, out_channels=1, **TINY_NET), scheduler=dict(SCHEDULER),
+        condition_channels=1, domain=DOMAIN))
+    scan, spacing, _ = head
+    result = segment_ensemble(scan, spacing, model, members=1, steps=2, indices=[30], device="cpu")
+    assert result.labels().shape == scan.shape
+    assert result.provenance["preprocess"]["stages"]["skull"]["stripped"]
+    with pytest.warns(DomainWarning, match="not_registered"):
+        raw = segment_ensemble(scan, None, model, members=1, steps=2, indices=[30], device="cpu")
+    assert "preprocess" not in raw.provenance and raw.labels().shape == scan.shape

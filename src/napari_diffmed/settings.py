@@ -76,7 +76,13 @@ class EnsembleSettings(TaskSettings):
     12-slice slab with the shipped model (96 inputs x 10 steps). ``chunk`` counts network inputs
     (members x slices) per call: 16 used a CPU core best (59 s of CPU for that slab, against 67 s
     with 32 and 88 s with 96). ``max_bytes`` bounds the arrays of the result before any is allocated.
-    ``rule``/``threshold`` make the consensus labels (:func:`~napari_diffmed.ensemble.fuse`)."""
+    ``rule``/``threshold`` make the consensus labels (:func:`~napari_diffmed.ensemble.fuse`).
+
+    ``preprocess`` (every scan task): "auto" runs the model in its template's space (N4, registration,
+    brain extraction where a skull is found, intensity matching) when its card names a template, as the
+    command line and the widgets do; "none" or None runs it on the scan as it is; a
+    :class:`~napari_diffmed.preprocess.PreprocessSettings` chooses the stages. ``force`` runs a scan the
+    domain check refuses."""
 
     task: ClassVar[str] = "segmentation"
 
@@ -92,7 +98,7 @@ class EnsembleSettings(TaskSettings):
     axis: int = 0
     indices: tuple[int, ...] | None = None
     device: str = "auto"
-    preprocess: Any = None
+    preprocess: Any = "auto"
     force: bool = False
 
     def check(self) -> None:
@@ -161,7 +167,7 @@ class InpaintSettings(TaskSettings):
     device: str = "auto"
     batch_size: int = 48
     dilate: int = 1
-    preprocess: Any = None
+    preprocess: Any = "auto"
     force: bool = False
 
     @property
@@ -211,7 +217,7 @@ class AnomalySettings(TaskSettings):
     batch_size: int = 32
     axis: int = 0
     indices: tuple[int, ...] | None = None
-    preprocess: Any = None
+    preprocess: Any = "auto"
     force: bool = False
 
     def check(self) -> None:

@@ -38,6 +38,10 @@ def iter_task(
         notes.append({"code": "not_registered", "message": f"a {arr.ndim}D image cannot be registered to the "
                       "template: it runs as it is", "refuse": False})
         settings = None
+    elif settings is not None and spacing is None and preprocess == "auto":
+        notes.append({"code": "not_registered", "message": "without the scan's spacing it cannot be registered "
+                      "to the template: it runs as it is", "refuse": False})
+        settings = None
     findings = report(check_scan(arr, spacing, card, axis=axis, metadata=metadata,
                                  preprocessed=settings is not None) + notes, force, stacklevel=5)
     if settings is None:

@@ -197,13 +197,13 @@ def tasks(image_model, seg_model, inpaint_model, scan, spacing, slices, repeats:
             image_model, lambda: synthesize(image_model, n=4, seed=0),
             lambda: iter_synthesize(image_model, n=4, seed=0)),
         f"ensemble ({n} of 12 slices x 8 members, 10 steps, chunk 16)": (
-            seg_model, lambda: segment_ensemble(scan, spacing, seg_model, indices=slices),
+            seg_model, lambda: segment_ensemble(scan, spacing, seg_model, indices=slices, preprocess="none"),
             lambda: iter_segment_ensemble(scan, spacing, seg_model, indices=slices)),
         f"inpainting (fast: 35 calls, {n} of 12 slices x 3 proposals)": (
-            inpaint_model, lambda: inpaint(scan, mask, spacing, inpaint_model),
+            inpaint_model, lambda: inpaint(scan, mask, spacing, inpaint_model, preprocess="none"),
             lambda: iter_inpaint(scan, mask, spacing, inpaint_model)),
         f"anomaly (ddim, depth 300, 50 steps, guidance 5, {n} of 12 slices)": (
-            inpaint_model, lambda: anomaly_map(scan, spacing, indices=slices, model=inpaint_model),
+            inpaint_model, lambda: anomaly_map(scan, spacing, indices=slices, model=inpaint_model, preprocess="none"),
             lambda: iter_anomaly_map(scan, spacing, indices=slices, model=inpaint_model, preview=0.0)),
     }
     cpu_clock = time.process_time if dev == "cpu" else None
@@ -259,7 +259,7 @@ def batched(seg_model, scan, spacing, repeats: int) -> list[list]:
     from napari_diffmed.ensemble import segment_ensemble
 
     runs = {f"chunk {c}": (lambda c=c: segment_ensemble(scan, spacing, seg_model, members=4, indices=[44, 46],
-                                                        chunk=c).members) for c in (8, 1)}
+                                                        chunk=c, preprocess="none").members) for c in (8, 1)}
     times, out = interleaved(runs, repeats)
     same = bool(np.array_equal(out["chunk 8"] > 0.5, out["chunk 1"] > 0.5))
     return [["2 slices x 4 members, 10 steps", f"{times['chunk 8']:.2f}", f"{times['chunk 1']:.2f}",
@@ -290,7 +290,7 @@ def fast_path(plain_models, scan, spacing, repeats: int) -> tuple[list[list], li
                          f"{bf16.fast['bf16_difference']:.1e}"])
             print(rows[-1], flush=True)
     plain, fast, bf16 = variants[SEG]
-    runs = {k: (lambda m=m: segment_ensemble(scan, spacing, m, indices=[45]))
+    runs = {k: (lambda m=m: segment_ensemble(scan, spacing, m, indices=[45], preprocess="none"))
             for k, m in (("plain", plain), ("fast", fast), ("bf16", bf16))}
     times, out = interleaved(runs, repeats)
     ref = out["plain"].labels()

@@ -31,7 +31,8 @@ from napari_diffmed.training.lesions import make_lesion_cases as make_cases
 
 def run_method(cases: Cases, method: str, model=None, **settings) -> tuple[dict, float, object]:
     start = time.perf_counter()
-    result = anomaly_map(cases.scan, cases.spacing, indices=cases.indices, model=model, method=method, **settings)
+    result = anomaly_map(cases.scan, cases.spacing, indices=cases.indices, model=model, method=method,
+                         **{"preprocess": "none", **settings})  # the model as it is, unless asked
     return score(result.heatmap, cases, result.threshold), time.perf_counter() - start, result
 
 

@@ -215,7 +215,8 @@ def finetune_section(session: Session, refs: dict, args, out: dict) -> None:
     for c in test_cases:
         scan, meta = session.read_scan(c)
         scores[c] = [dice(segment_ensemble(scan, meta["spacing"], model=model, members=args.members, steps=args.steps,
-                                           device="cpu", indices=session.case(c).slices).labels(), refs[c])
+                                           device="cpu", indices=session.case(c).slices, preprocess="none").labels(),
+                                      refs[c])
                      for model in (model_before, result["weights"])]
     print(f"\nfine-tuning {settings.steps} steps (lr {settings.lr:g}, replay {settings.replay:.0%} of each batch: "
           f"{result['replay']}) on {result['train_cases']} ({seconds:.0f} s with the held-out check); loss first 10 "
@@ -309,7 +310,7 @@ def main(argv=None) -> int:
 
             scan = read_nifti(next(scans.glob("*.nii.gz")))[0]
             t0 = time.perf_counter()
-            segment_ensemble(scan, (2.0, 2.0, 2.0), device="cpu", force=True)
+            segment_ensemble(scan, (2.0, 2.0, 2.0), device="cpu", force=True, preprocess="none")
             took = time.perf_counter() - t0
             print(f"one case proposal at the defaults ({DEFAULTS.members} members, {DEFAULTS.steps} steps, "
                   f"{len(scan)} slices): {took:.1f} s ({took / len(scan):.1f} s per slice)")

@@ -91,7 +91,7 @@ def evaluate(resolution: int, slab: np.ndarray, model, members: int, steps: int,
     reference = template.wm > 0.5
     start = time.perf_counter()
     result = segment_ensemble(template.t1, template.spacing, model=model, members=members, steps=steps, seed=seed,
-                              indices=slab, device="cpu")
+                              indices=slab, device="cpu", preprocess="none")  # the model as it is
     seconds = time.perf_counter() - start
     scores = segmentation_scores(result, reference, template.spacing, region=region & result.covered,
                                  probability=member_probability(template.wm, band))

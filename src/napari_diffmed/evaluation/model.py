@@ -143,7 +143,7 @@ def anomaly_part(loaded, s: EvalSettings, device: str = "cpu") -> dict:
     for method in methods:
         start = time.perf_counter()
         result = anomaly_map(cases.scan, cases.spacing, mask=brain, indices=cases.indices, model=loaded,
-                             method=method, seed=s.seed, device=device)
+                             method=method, seed=s.seed, device=device, preprocess="none")  # the model as it is
         # the default rule (98th percentile inside the brain) over the slices the model saw
         threshold = default_threshold(result.heatmap, brain & cases.region())
         seconds = round(time.perf_counter() - start, 1)
@@ -171,7 +171,7 @@ def inpainting_part(loaded, s: EvalSettings, device: str = "cpu") -> dict:
     unit = lambda x: (norm.forward(x) + 1) / 2  # noqa: E731
     truth = unit(clean)[mask]
     result = inpaint(clean, mask, cases.spacing, model=loaded, class_name="healthy" if card.conditional else None,
-                     proposals=s.proposals, seed=s.seed, indices=cases.indices, device=device)
+                     proposals=s.proposals, seed=s.seed, indices=cases.indices, device=device, preprocess="none")
     ring_fill = np.zeros(clean.shape, dtype=np.float32)
     for z in np.flatnonzero(mask.any(axis=(1, 2))):  # each masked region of a slice: its ring's mean
         parts, n_parts = ndimage.label(mask[z])

@@ -89,7 +89,8 @@ def held_out_dice(session, case_id: str, model, eval_slices: int) -> tuple[float
     pick = sorted({labelled[int(round(j))] for j in np.linspace(0, len(labelled) - 1, min(eval_slices,
                                                                                           len(labelled)))})
     result = segment_ensemble(scan, meta["spacing"], model=model, members=s.members, steps=s.steps,
-                              scheduler=s.scheduler, seed=s.seed, indices=pick, device=session.device, chunk=s.chunk)
+                              scheduler=s.scheduler, seed=s.seed, indices=pick, device=session.device, chunk=s.chunk,
+                              preprocess=s.preprocess, force=s.force)  # as the session's proposals
     region = np.zeros(scan.shape, bool)
     region[pick] = True
     return dice(result.labels(), reference, region & result.covered), pick

@@ -20,6 +20,8 @@ _LAZY = {
     "read_nifti": "io", "write_nifti": "io", "read_scan": "io",
     "list_models": "models", "get_model": "models", "load_model": "models", "save_model": "models",
     "ModelCard": "models", "select_device": "device",
+    "SynthesisSettings": "settings", "EnsembleSettings": "settings", "InpaintSettings": "settings",
+    "AnomalySettings": "settings",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -8,7 +8,7 @@ is the template's white-matter probability map: > 0.5 for Dice, HD95, GED and th
 the map itself for calibration (mapped through the card's ``training.threshold_band``: a model trained
 on masks thresholded on [0.3, 0.7] should cover a voxel of probability p in a fraction
 clip((p - 0.3) / 0.4, 0, 1) of its members). Every score is counted on the slab's slices inside the brain mask
-(``anomaly.foreground_mask``): consensus (majority vote) Dice and HD95, the mean Dice of single
+(``masks.foreground_mask``): consensus (majority vote) Dice and HD95, the mean Dice of single
 members, multi-Otsu (3 classes, WM = the brightest) Dice, GED of the members vs the reference mask,
 AUROC of the entropy for the consensus errors, and the expected calibration errors of the mean and of
 the votes (fraction of member masks) against the probability map. Dice is also pooled over the voxels
@@ -29,7 +29,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from napari_diffmed.anomaly import foreground_mask
+from napari_diffmed.masks import foreground_mask
 from napari_diffmed.ensemble import DEFAULTS, segment_ensemble
 from napari_diffmed.evaluation.segmentation import dice, multi_otsu_wm, segmentation_scores
 from napari_diffmed.io import read_nifti

@@ -99,7 +99,7 @@ def named(loaded) -> dict:
 
 
 def segmentation_rows(shifts, members: int, stride: int, model_path: str | None = None) -> list[dict]:
-    from napari_diffmed.anomaly import foreground_mask
+    from napari_diffmed.masks import foreground_mask
     from napari_diffmed.ensemble import segment_ensemble
     from napari_diffmed.evaluation.segmentation import dice, multi_otsu_wm
     from napari_diffmed.training.templates import load_mni152
@@ -142,7 +142,7 @@ def segmentation_rows(shifts, members: int, stride: int, model_path: str | None 
 def route_rows(shifts, stride: int) -> list[dict]:
     """White-matter Dice of the ideal member (the map on the model's grid, what the model is trained to give)
     taken back to the scan by each route, thresholded at 0.5: what the pipeline alone costs."""
-    from napari_diffmed.anomaly import foreground_mask
+    from napari_diffmed.masks import foreground_mask
     from napari_diffmed.ensemble import load_model
     from napari_diffmed.evaluation.segmentation import dice
     from napari_diffmed.preprocess import to_model_space

@@ -7,10 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from napari_diffmed.anomaly import (  # noqa: E402
-    AnomalySettings, anomaly_map, foreground_mask, inversion_start, iter_anomaly_map, iter_invert,
-    parse_slices, planned_calls,
-)
+from napari_diffmed.anomaly import AnomalySettings, anomaly_map, iter_anomaly_map, planned_calls  # noqa: E402
+from napari_diffmed.masks import foreground_mask  # noqa: E402
+from napari_diffmed.sampling import inversion_start, iter_invert  # noqa: E402
+from napari_diffmed.slices import parse_slices  # noqa: E402
 
 FAST = dict(steps=20, device="cpu")
 
@@ -110,7 +110,7 @@ def test_unguided_comparison_decodes_twice_with_the_same_noise(tiny_image_model,
 def test_the_unguided_map_keeps_only_what_the_guidance_takes_away_from_the_scan():
     """Errors both decodings make cancel; a healthy decoding pulled away from the scan scores the extra
     distance; one that the guidance brings closer to the scan scores 0; without a twin, |scan - healthy| / 2."""
-    from napari_diffmed.anomaly import residual
+    from napari_diffmed.heatmap import residual
 
     scan = np.zeros(5, np.float32)
     unguided = np.array([0.2, -0.2, 0.0, 0.4, 0.1], np.float32)

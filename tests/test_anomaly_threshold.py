@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_diffmed.anomaly import anomaly_map, default_threshold
+from napari_diffmed.anomaly import anomaly_map
+from napari_diffmed.heatmap import default_threshold
 
 RUN = dict(method="gaussian", level=100, steps=10, seed=0, device="cpu")
 

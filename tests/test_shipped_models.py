@@ -171,7 +171,7 @@ def test_segmentation_ensemble_on_a_held_out_slab():
     Card (benchmarks/eval_segmentation.py) on this slab: consensus Dice 0.94, members 0.93, AUROC 0.94,
     calibration error of the mean 0.04 (against the map through the training's threshold band).
     """
-    from napari_diffmed.anomaly import foreground_mask
+    from napari_diffmed.masks import foreground_mask
     from napari_diffmed.ensemble import segment_ensemble
     from napari_diffmed.evaluation.segmentation import segmentation_scores
     from napari_diffmed.models import get_model

@@ -44,7 +44,6 @@ from .masks import foreground_mask
 from .progress import Progress, Reporter, drive
 from .sampling import inversion_start, iter_invert
 from .settings import ANOMALY_LIMITS, COMPARES, METHODS, AnomalySettings  # noqa: F401 - public here
-from .slices import parse_slices  # noqa: F401 - public here since the CLI and the widget first used it
 
 if TYPE_CHECKING:
     import torch
@@ -54,9 +53,8 @@ if TYPE_CHECKING:
 
 SIMPLEX = {"octaves": 6, "persistence": 0.8, "period": 16.0}  # AnoDDPM's, scaled from 256 to 64 px images
 LIMITS = ANOMALY_LIMITS
-# The fields a run's provenance records (the domain check, preprocessing and slices record their own).
-RECORDED = ("method", "level", "depth", "guidance", "compare", "negative", "reconstructions", "steps", "smoothing",
-            "seed", "device", "batch_size")
+# The fields a run's provenance records (the model, the slices, the domain check and preprocessing record their own).
+RECORDED = tuple(f for f in AnomalySettings.fields() if f not in ("model", "axis", "indices", "preprocess", "force"))
 DEFAULTS = AnomalySettings()
 
 

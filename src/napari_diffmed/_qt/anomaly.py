@@ -10,7 +10,8 @@ from magicgui.widgets import ComboBox, FloatSlider, FloatSpinBox, Label, LineEdi
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
 
-from ..anomaly import COMPARES, DEFAULTS, LIMITS, METHODS, AnomalyResult, parse_slices
+from ..anomaly import COMPARES, DEFAULTS, LIMITS, METHODS, AnomalyResult
+from ..slices import parse_slices
 from ..models import ModelCardError, default_model
 from .base import Job, TaskWidget
 from .choices import LayerPicker

@@ -126,7 +126,9 @@ def held_out_loss(loaded, held, lesion_prob: float, device: str = "cpu") -> floa
 
 def anomaly_part(loaded, s: EvalSettings, device: str = "cpu") -> dict:
     """Pixel scores on the evaluation slab with held-out-style lesions, per method and for the median filter."""
-    from ..anomaly import anomaly_map, default_threshold, foreground_mask
+    from ..anomaly import anomaly_map
+    from ..heatmap import default_threshold
+    from ..masks import foreground_mask
     from ..training.lesions import make_lesion_cases
     from .anomaly import median_filter_heatmap, score_cases
 

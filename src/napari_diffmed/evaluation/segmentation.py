@@ -128,7 +128,7 @@ def multi_otsu_wm(image: np.ndarray, mask: np.ndarray | None = None, classes: in
     skull-stripped scan); the brightest of ``classes`` classes is white matter on T1."""
     from skimage.filters import threshold_multiotsu
 
-    from ..anomaly import foreground_mask
+    from ..masks import foreground_mask
 
     arr = np.asarray(image, dtype=np.float32)
     inside = foreground_mask(arr) if mask is None else np.asarray(mask, dtype=bool)

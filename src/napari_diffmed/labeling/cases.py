@@ -130,7 +130,8 @@ def check_settings(s: LabelSettings) -> None:
 
 def proposal_slices(scan: np.ndarray, settings: LabelSettings) -> list[int]:
     """The slices proposals cover: the settings' ``slices``, or those with at least 2% foreground."""
-    from ..anomaly import foreground_mask, parse_slices
+    from ..masks import foreground_mask
+    from ..slices import parse_slices
 
     chosen = parse_slices(settings.slices)
     if chosen is not None:

@@ -24,7 +24,7 @@ NON_DEFAULT = {
                            force=True),
     InpaintSettings: dict(model=None, class_name=1, mode="quality", steps=30, jump_length=3, resamplings=2, eta=0.5,
                           proposals=2, seed=None, axis=1, indices=(3,), device="mps", batch_size=5, dilate=0,
-                          preprocess="auto", force=True),
+                          preprocess="none", force=True),
     AnomalySettings: dict(model="tiny_image", method="simplex", level=120, depth=400, guidance=0.0, compare="scan",
                           negative="none", reconstructions=3, steps=20, smoothing=0.0, seed=7, device="cpu",
                           batch_size=2, axis=1, indices=(0, 2), preprocess="none", force=True),

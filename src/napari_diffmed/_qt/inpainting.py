@@ -179,7 +179,7 @@ class InpaintingWidget(TaskWidget):
         yield
         single = placement(src)
         single["metadata"] = {**single["metadata"], "provenance": prov}
-        self.viewer.add_image(result.mean, name=f"{src.name} inpaint mean", visible=False, **look, **single)
+        self.preview.adopt(result.mean, name=f"{src.name} inpaint mean", visible=False, **look, **single)
         yield
         self.viewer.add_image(result.variance, name=f"{src.name} inpaint variance", colormap="magma",
                               blending="additive", contrast_limits=(0.0, top), visible=False, **single)

@@ -126,9 +126,9 @@ class SegmentationWidget(TaskWidget):
         place["metadata"] = {**place["metadata"], "provenance": result.provenance}
         name, add = src.name, self.viewer.add_image
         self.result_layers = {}  # only the consensus arrives visible; the maps are a click away in the layer list
-        self.result_layers["mean"] = add(result.mean, name=f"{name} ensemble mean", colormap="viridis",
-                                         contrast_limits=(0, 1), opacity=0.6, blending="additive", visible=False,
-                                         **place)
+        self.result_layers["mean"] = self.preview.adopt(result.mean, name=f"{name} ensemble mean", colormap="viridis",
+                                                        contrast_limits=(0, 1), opacity=0.6, blending="additive",
+                                                        visible=False, **place)
         yield
         self.result_layers["variance"] = add(result.variance, name=f"{name} ensemble variance", colormap="magma",
                                              visible=False, contrast_limits=(0, 0.25), blending="additive", **place)

@@ -148,10 +148,10 @@ class SynthesisWidget(TaskWidget):
         style = dict(contrast_limits=(0.0, 1.0), colormap="gray", metadata=meta)
         translate = (0.0,) * 2 + (x_offset,)
         if result.spatial_dims == 2:
-            self.viewer.add_image(result.samples, name=name, scale=(1.0, *spacing), translate=translate, **style)
+            self.preview.adopt(result.samples, name=name, scale=(1.0, *spacing), translate=translate, **style)
             yield
             return
         for i, volume in enumerate(result.samples):
-            self.viewer.add_image(np.asarray(volume), name=f"{name} #{i}", scale=spacing, translate=translate,
+            self.preview.adopt(np.asarray(volume), name=f"{name} #{i}", scale=spacing, translate=translate,
                                   **{**style, "metadata": {**meta, "index": i}})
             yield

@@ -43,19 +43,23 @@ def test_three_cases_corrected_proposed_again_and_accepted(make_napari_viewer, q
         expected = session.order()[0]  # the least certain case still to do
         case_id = widget.next_case() if n == 0 else widget.current
         assert case_id == expected
+        qtbot.waitUntil(lambda: widget.shown == case_id, timeout=30_000)  # read in the background
         labels = viewer.layers[f"{case_id} labels"]
         slice_index = session.case(case_id).ranking[0]
         assert widget.viewer.dims.current_step[0] == slice_index  # the view opens on the most uncertain slice
         edited = labels.data.copy()
         edited[slice_index, 6:14, 6:14] = 1 - edited[slice_index, 6:14, 6:14]
         labels.data = edited
-        assert widget.autosave()  # the timer's save: on disk before anything else happens
+        assert widget.autosave()  # the timer's save, in the background
+        widget.flush()
         on_disk = read_nifti(session.case_dir(case_id) / "edits.nii.gz", as_labels=True)[0]
         assert np.array_equal(on_disk, edited)
         assert widget.propose_again()
         qtbot.waitUntil(lambda: "uncertainty" in widget.status.value or "failed" in widget.status.value,
                         timeout=60_000)
         assert "uncertainty" in widget.status.value, widget.status.value
+        qtbot.waitUntil(lambda: widget.shown == case_id, timeout=30_000)  # the new proposal, read and shown
+        assert "uncertainty" in widget.status.value  # the status still says what it changed
         fixed = session.load(case_id).corrected
         assert np.array_equal(np.asarray(labels.data)[fixed], edited[fixed])  # the layer shows the new proposal
         assert widget.accept() == case_id
@@ -65,3 +69,31 @@ def test_three_cases_corrected_proposed_again_and_accepted(make_napari_viewer, q
     assert all(state == "accepted" for state in (c.state for c in session.cases))
     widget.close_session()
     assert not (tmp_path / "out" / "session.lock").exists()
+
+
+def test_the_next_case_is_read_in_the_background_into_the_same_layers(make_napari_viewer, qtbot, scans, tmp_path,
+                                                                        tiny_seg_model):
+    from napari_diffmed._qt.labeling import LabelingWidget
+
+    viewer = make_napari_viewer()
+    widget = LabelingWidget(viewer)
+    widget.scans.value, widget.out.value = scans, tmp_path / "out"
+    widget.model_file.value, widget.device.value = tiny_seg_model, "cpu"
+    widget.members.value, widget.steps.value = 2, 2
+    assert widget.open_session()
+    session = widget.session
+    qtbot.waitUntil(lambda: not widget.runner.busy() and all(c.score is not None for c in session.cases),
+                    timeout=60_000)
+    first = widget.next_case()
+    qtbot.waitUntil(lambda: widget.shown == first, timeout=30_000)
+    layers = list(viewer.layers)
+    second = next(c for c in session.order() if c != first)
+    widget.open_case(second)  # returns at once: the files are read in another thread
+    assert widget.shown is None and not viewer.layers[f"{first} labels"].editable  # no edit of the old arrays
+    assert not widget.autosave()  # nothing to save while the next case is on its way
+    qtbot.waitUntil(lambda: widget.shown == second, timeout=30_000)
+    assert list(viewer.layers) == layers  # the same three layers, now the second case's
+    assert [layer.name for layer in viewer.layers] == [second, f"{second} entropy", f"{second} labels"]
+    assert viewer.layers[f"{second} labels"].editable
+    np.testing.assert_array_equal(viewer.layers[second].data, session.load(second).scan)
+    widget.close_session()

@@ -2,7 +2,9 @@
 
 The ensemble proposes cases in the background while you correct the open one with napari's tools
 (saved every few seconds and on every case change). Background events reach the GUI through a timer
-that polls the runner's queue without waiting, so no layer is touched off the GUI thread.
+that polls the runner's queue without waiting, so no layer is touched off the GUI thread. Reading a case
+and saving edits run in one more thread, in the order asked (a save before the next case's read), so
+that the GUI thread never waits for the files.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..ensemble import DEFAULTS, MAX_MEMBERS
 from ..labeling.finetune import FinetuneSettings
 from ..models import default_model, list_models
 from .dock import short_tab_title
+from .io_queue import IOQueue
 from .labeling_layers import CaseLayers
 
 AUTOSAVE_MS = 5000
@@ -64,9 +67,11 @@ class LabelingWidget(Container):
         short_tab_title(self, "Label")
         self.session = None
         self.runner = None
-        self.current: str | None = None
+        self.current: str | None = None  # the case chosen
+        self.shown: str | None = None  # the case whose arrays the layers hold (None while the next one loads)
         self.view = CaseLayers(viewer)
         self._saved: np.ndarray | None = None
+        self._io: IOQueue | None = None  # reads and saves, one at a time, in the order asked
         self.open_button.changed.connect(self.open_session)
         self.case_list.changed.connect(self._picked)
         self.next_case_button.changed.connect(self.next_case)
@@ -99,6 +104,7 @@ class LabelingWidget(Container):
             return self._fail(str(err))
         self.members.value, self.steps.value = self.session.settings.members, self.session.settings.steps
         self.runner = Background()
+        self._io = IOQueue(self._io_failed)
         for case_id in self.session.to_propose():
             self._submit_proposal(case_id)
         self._poll.start(POLL_MS)
@@ -112,11 +118,13 @@ class LabelingWidget(Container):
         if self.session is None:
             return
         self.autosave()
+        self.flush()
         self._poll.stop()
         self._autosave.stop()
         self.runner.close()
+        self._io.close()
         self.session.close()
-        self.session = self.runner = self.current = None
+        self.session = self.runner = self.current = self.shown = self._io = None
 
     def _submit_proposal(self, case_id: str, urgent: bool = False) -> None:
         from ..labeling import AHEAD, URGENT
@@ -147,10 +155,22 @@ class LabelingWidget(Container):
 
     # --- background events ---------------------------------------------------------------------------
 
+    def _io_failed(self, what: str, err: Exception) -> None:
+        self._fail(f"could not {what}: {err}")
+        if what.startswith("save"):
+            self._saved = None  # the next autosave tries again
+
+    def flush(self) -> None:
+        """Wait for the reads and saves asked for so far (before an action that needs them on disk)."""
+        if self._io is not None:
+            self._io.handle(wait=True)
+
     def poll(self) -> None:
-        """Handle the runner's events on the GUI thread (the timer calls this)."""
+        """Handle the runner's events and finished reads and saves on the GUI thread (the timer calls this)."""
         import queue
 
+        if self._io is not None:
+            self._io.handle()
         while self.runner is not None:
             try:
                 event = self.runner.events.get_nowait()
@@ -166,8 +186,8 @@ class LabelingWidget(Container):
                 self.status.value = f"{label}: cancelled"
             elif event.kind == "done":
                 self._finished(event)
-            if event.job == "again" and event.kind in ("failed", "cancelled", "done") and self.view.labels:
-                self.view.labels.editable = True
+            if event.job == "again" and event.kind in ("failed", "cancelled") and self.view.labels:
+                self.view.labels.editable = True  # (done: editable again once the new proposal is shown)
 
     def _finished(self, event) -> None:
         value = event.value
@@ -183,7 +203,7 @@ class LabelingWidget(Container):
                                  f"({-100 * drop / max(value['before'], 1e-9):+.0f}%)")
         else:
             self.status.value = f"{event.case} proposed: {self._score(value['score'])}"
-            if event.case == self.current and self.view.labels is None:
+            if event.case == self.current and self.shown != event.case:
                 self._show(event.case)
         self._refresh()
 
@@ -209,22 +229,36 @@ class LabelingWidget(Container):
         """Save the open case, then show ``case_id`` (or queue its proposal first)."""
         self.autosave()
         self.current = case_id
-        self._clear()
+        self._hold()
         if self.session.case(case_id).score is None:
             self._submit_proposal(case_id, urgent=True)
             self.status.value = f"{case_id}: proposing first"
             return
         self._show(case_id)
 
-    def _clear(self) -> None:
-        self.view.clear()
-        self._saved = None
+    def _hold(self) -> None:
+        """The layers no longer stand for a case that can be edited (the next one is on its way)."""
+        self.shown, self._saved = None, None
+        if self.view.labels is not None:
+            self.view.labels.editable = False
 
     def _show(self, case_id: str, keep_view: bool = False) -> None:
-        data = self.session.load(case_id)
+        """Read ``case_id`` in the background, then show it (if it is still the case chosen)."""
+        self._hold()
+        if not keep_view:
+            self.status.value = f"{case_id}: opening"
+        self._io.submit(lambda: self.session.load(case_id), lambda data: self._display(case_id, data, keep_view),
+                        f"open {case_id}")
+
+    def _display(self, case_id: str, data, keep_view: bool) -> None:
+        if case_id != self.current or self.session is None:
+            return
         if self.view.show(case_id, data, keep_view):
             self.next_slice()
-        self._saved = np.array(data.labels)
+        self.view.labels.editable = True
+        self.shown, self._saved = case_id, np.array(data.labels)
+        if keep_view:  # the new proposal of the open case: the status keeps what it changed
+            return
         case = self.session.case(case_id)
         self.status.value = f"{case_id}: {case.state}, {self._score(case.score)}; most uncertain slices {case.ranking[:5]}"
 
@@ -237,27 +271,29 @@ class LabelingWidget(Container):
     # --- edits ---------------------------------------------------------------------------------------
 
     def autosave(self, *_: Any) -> bool:
-        """Save the open case's labels when they changed since the last save; returns whether it saved."""
-        labels = self.view.labels
-        if self.session is None or self.current is None or labels is None:
+        """Save the shown case's labels when they changed since the last save (in the background: :meth:`flush`
+        waits for it); returns whether a save was asked for."""
+        labels, case_id, session = self.view.labels, self.shown, self.session
+        if session is None or case_id is None or labels is None:
             return False
-        data = np.asarray(labels.data)
+        data = np.array(labels.data)  # a copy: the save writes what the layer held now
         if self._saved is not None and np.array_equal(data, self._saved):
             return False
-        try:
-            corrected = self.session.save_edits(self.current, data)
-        except (ValueError, OSError) as err:
-            return self._fail(f"could not save {self.current}: {err}")
-        self._saved = data.copy()
-        self.status.value = f"{self.current}: saved ({corrected} corrected voxels)"
-        self._refresh()
+        self._saved = data
+
+        def saved(corrected: int) -> None:
+            self.status.value = f"{case_id}: saved ({corrected} corrected voxels)"
+            self._refresh()
+
+        self._io.submit(lambda: session.save_edits(case_id, data), saved, f"save {case_id}")
         return True
 
     def propose_again(self, *_: Any) -> bool:
         """Save, then resample the open case around its corrected voxels in the background."""
-        if self.current is None or self.view.labels is None:
+        if self.current is None or self.shown != self.current:
             return self._fail("open a proposed case first")
         self.autosave()
+        self.flush()
         if not self.session.load_labels(self.current).corrected.any():
             return self._fail(f"{self.current} has no corrections yet: edit its labels first")
         from ..labeling import URGENT
@@ -270,21 +306,22 @@ class LabelingWidget(Container):
 
     def accept(self, *_: Any) -> str | None:
         """Accept the open case's labels (written as NIfTI in its scan's space) and open the next case."""
-        if self.current is None or self.view.labels is None:
+        if self.current is None or self.shown != self.current:
             self._fail("open a proposed case first")
             return None
+        self.flush()  # no earlier save of this case may land after its acceptance
         try:
             path = self.session.accept(self.current, np.asarray(self.view.labels.data))
         except (ValueError, OSError) as err:
             self._fail(str(err))
             return None
-        self._saved = None
-        self._clear()
+        self._hold()
         self._refresh()
         done = self.current
         self.current = None
         self.status.value = f"accepted {done}: {path.name}"
-        self.next_case()
+        if self.next_case() is None:  # nothing left to open: the layers go
+            self.view.clear()
         return done
 
     def finetune(self, *_: Any) -> bool:
@@ -294,6 +331,7 @@ class LabelingWidget(Container):
         if self.session is None or len(self.session.accepted()) < 2:
             return self._fail("fine-tuning needs at least 2 accepted cases")
         self.autosave()
+        self.flush()
         session, settings = self.session, FinetuneSettings(steps=self.finetune_steps.value)
         self.runner.submit("finetune", None, lambda: iter_finetune(session, settings), URGENT)
         self.status.value = "fine-tuning queued"

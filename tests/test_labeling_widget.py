@@ -20,21 +20,29 @@ def scans(tmp_path):
     return tmp_path / "scans"
 
 
-def test_three_cases_corrected_proposed_again_and_accepted(make_napari_viewer, qtbot, scans, tmp_path,
-                                                           tiny_seg_model):
+def opened(viewer, qtbot, scans, out, model, members: int):
+    """A Label widget docked in ``viewer`` with a session over ``scans``, every case proposed."""
     from napari_diffmed._qt.labeling import LabelingWidget
-    from napari_diffmed.io import read_nifti
 
-    viewer = make_napari_viewer()
     widget = LabelingWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget.scans.value, widget.out.value = scans, tmp_path / "out"
-    widget.model_file.value, widget.device.value = tiny_seg_model, "cpu"
-    widget.members.value, widget.steps.value = 3, 2
+    widget.scans.value, widget.out.value = scans, out
+    widget.model_file.value, widget.device.value = model, "cpu"
+    widget.members.value, widget.steps.value = members, 2
     assert widget.open_session()
     session = widget.session
     qtbot.waitUntil(lambda: not widget.runner.busy() and all(c.score is not None for c in session.cases),
                     timeout=60_000)
+    return widget
+
+
+def test_three_cases_corrected_proposed_again_and_accepted(make_napari_viewer, qtbot, scans, tmp_path,
+                                                           tiny_seg_model):
+    from napari_diffmed.io import read_nifti
+
+    viewer = make_napari_viewer()
+    widget = opened(viewer, qtbot, scans, tmp_path / "out", tiny_seg_model, members=3)
+    session = widget.session
     qtbot.wait(2 * 150)  # the poll timer hands the last events to the GUI thread
     assert len(widget._choices) == 3 and all("proposed" in text for text, _ in widget._choices)
 
@@ -73,17 +81,9 @@ def test_three_cases_corrected_proposed_again_and_accepted(make_napari_viewer, q
 
 def test_the_next_case_is_read_in_the_background_into_the_same_layers(make_napari_viewer, qtbot, scans, tmp_path,
                                                                         tiny_seg_model):
-    from napari_diffmed._qt.labeling import LabelingWidget
-
     viewer = make_napari_viewer()
-    widget = LabelingWidget(viewer)
-    widget.scans.value, widget.out.value = scans, tmp_path / "out"
-    widget.model_file.value, widget.device.value = tiny_seg_model, "cpu"
-    widget.members.value, widget.steps.value = 2, 2
-    assert widget.open_session()
+    widget = opened(viewer, qtbot, scans, tmp_path / "out", tiny_seg_model, members=2)
     session = widget.session
-    qtbot.waitUntil(lambda: not widget.runner.busy() and all(c.score is not None for c in session.cases),
-                    timeout=60_000)
     first = widget.next_case()
     qtbot.waitUntil(lambda: widget.shown == first, timeout=30_000)
     layers = list(viewer.layers)

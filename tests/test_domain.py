@@ -169,10 +169,12 @@ def test_the_widget_says_when_a_layer_has_no_spacing(make_napari_viewer, run_wid
     widget.model_file.value = str(domain_model)
     widget.members.value, widget.steps.value = 1, 2
     widget.first.value, widget.stop.value = 40, 41
-    widget.device.value, widget.prep.use_template.value = "cpu", False
-    run_widget(widget)
+    widget.device.value = "cpu"
+    run_widget(widget)  # the template stage is on: without spacing it is skipped, and the mark says why
     assert widget.result is not None and "spacing_unknown" in widget.prep.mark.value
+    assert "not_registered" in widget.prep.mark.value
     viewer.layers["array"].scale = spacing  # a scale someone set is the spacing
+    widget.prep.use_template.value = False
     run_widget(widget)
     assert "spacing_unknown" not in widget.prep.mark.value
 

@@ -38,7 +38,7 @@ def iter_task(
         notes.append({"code": "not_registered", "message": f"a {arr.ndim}D image cannot be registered to the "
                       "template: it runs as it is", "refuse": False})
         settings = None
-    elif settings is not None and spacing is None and preprocess == "auto":
+    elif settings is not None and spacing is None:  # e.g. a bare array in the viewer
         notes.append({"code": "not_registered", "message": "without the scan's spacing it cannot be registered "
                       "to the template: it runs as it is", "refuse": False})
         settings = None

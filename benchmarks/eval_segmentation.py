@@ -173,6 +173,7 @@ def card_metrics(rows: list[dict], args, band) -> dict:
         "segmentation": {"reference": "MNI152 white-matter probability map > 0.5 (ECE against the map through "
                                       f"the training's threshold band {list(band)})",
                          "members": args.members, "steps": args.steps[0], "scheduler": "ddim", "seed": args.seed,
+                         "rule": DEFAULTS.rule, "threshold": DEFAULTS.threshold,
                          "slabs": slabs, "mean": mean},
         "held_out_loss": loaded.card.training.get("held_out_loss"),  # the training loop's, in its own target's units
         "evaluation": {"model_id": loaded.model_id, "weights_sha256": loaded.card.weights_sha256,

@@ -60,7 +60,7 @@ def test_same_result_as_the_function_and_reoriented_scan_round_trips(scan_files,
 
     _, _, flipped = scan_files
     out = tmp_path / "flip"
-    assert main(_args(flipped, out, tiny_seg_model, "--quiet", "--slices", "1:4", "--rule", "mean",
+    assert main(_args(flipped, out, tiny_seg_model, "--quiet", "--slices", "1:4", "--rule", "majority",
                       "--threshold", "0.3")) == 0
     source = nib.load(str(flipped))
     mean_img = nib.load(str(out / "sub01_flipped_seg_mean.nii.gz"))
@@ -71,7 +71,7 @@ def test_same_result_as_the_function_and_reoriented_scan_round_trips(scan_files,
     mean, _, _ = read_nifti(out / "sub01_flipped_seg_mean.nii.gz")
     labels, _, _ = read_nifti(out / "sub01_flipped_seg_labels.nii.gz")
     np.testing.assert_allclose(mean, expected.mean, atol=1e-6)
-    assert np.array_equal(labels, expected.labels("mean", 0.3))
+    assert np.array_equal(labels, expected.labels("majority", 0.3))
     assert not mean[[0, 4, 5]].any()  # only the chosen slices were segmented
 
 

@@ -19,7 +19,7 @@ NON_DEFAULT = {
     SynthesisSettings: dict(model="tiny_image", n=3, steps=7, scheduler="pndm", seed=None, class_name="lesion",
                             guidance=0.5, device="cpu", eta=0.25),
     EnsembleSettings: dict(model="a/b.safetensors", members=5, steps=4, scheduler="ddpm", seed=2**40, chunk=3,
-                           max_bytes=12345, rule="mean", threshold=0.25, axis=2, indices=(4, 1, 9), device="cuda:1",
+                           max_bytes=12345, rule="majority", threshold=0.25, axis=2, indices=(4, 1, 9), device="cuda:1",
                            preprocess=PreprocessSettings(n4=False, register="deformable", skull_strip="yes"),
                            force=True),
     InpaintSettings: dict(model=None, class_name=1, mode="quality", steps=30, jump_length=3, resamplings=2, eta=0.5,

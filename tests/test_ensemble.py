@@ -36,7 +36,8 @@ def test_maps_on_the_input_grid_within_bounds(result, small_volume):
     assert outside.any() and np.all(result.members[:, outside] == 0) and np.all(result.entropy[outside] == 0)
     labels = result.labels()
     assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1}
-    assert np.array_equal(labels, result.votes > 0.5)  # the consensus is a strict majority of member masks
+    assert np.array_equal(labels, result.mean > 0.5)  # the consensus: the members' mean probability over 0.5
+    assert np.array_equal(result.labels("majority"), result.votes > 0.5)  # or a strict majority of member masks
     prov = result.provenance
     assert prov["model"] == "tiny_seg" and prov["members"] == 4 and prov["entropy_units"] == "bits"
     assert prov["slices"] == list(range(6)) and prov["scheduler"] == "DDIMScheduler"
@@ -127,7 +128,8 @@ def test_identical_members_give_no_uncertainty():
 
 def test_fuse_rules_and_ranking():
     members = np.array([[0.9, 0.9, 0.2], [0.8, 0.3, 0.2], [0.6, 0.4, 0.45]], np.float32)
-    assert fuse(members).tolist() == [1, 0, 0]  # votes 3/3, 1/3, 0/3
+    assert fuse(members).tolist() == [1, 1, 0]  # means 0.77, 0.53, 0.28
+    assert fuse(members, "majority").tolist() == [1, 0, 0]  # votes 3/3, 1/3, 0/3
     assert fuse(members, "majority", 0.3).tolist() == [1, 1, 0]
     assert fuse(members, "mean", 0.5).tolist() == [1, 1, 0]  # means 0.77, 0.53, 0.28
     u = np.zeros((4, 3, 3))
@@ -174,7 +176,7 @@ def test_too_large_is_refused_before_allocating(tiny_seg_model):
 
 
 def test_defaults_are_the_documented_ones():
-    assert (DEFAULTS.members, DEFAULTS.scheduler, DEFAULTS.rule, DEFAULTS.threshold) == (8, "ddim", "majority", 0.5)
+    assert (DEFAULTS.members, DEFAULTS.scheduler, DEFAULTS.rule, DEFAULTS.threshold) == (8, "ddim", "mean", 0.5)
     assert 10 <= DEFAULTS.steps <= 20
 
 

@@ -69,12 +69,12 @@ def test_run_adds_aligned_layers_and_refuses_without_the_model(run_widget, setup
         loose = labels.data.copy()
         widget.threshold.value = 0.9
         strict = labels.data.copy()
-        widget.rule.value = "mean"
+        widget.rule.value = "majority"
     finally:
         hook.remove()
     assert calls == []
     assert loose.sum() > strict.sum()
-    assert np.array_equal(labels.data, widget.result.labels("mean", 0.9))
+    assert np.array_equal(labels.data, widget.result.labels("majority", 0.9))
 
     widget.run_button.changed.emit(True)  # a second run gets its own names
     qtbot.waitUntil(lambda: widget.runner.worker is None, timeout=60_000)

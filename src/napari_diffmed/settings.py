@@ -93,7 +93,7 @@ class EnsembleSettings(TaskSettings):
     seed: int | None = 0
     chunk: int = 16
     max_bytes: int = 4 * 2**30
-    rule: str = "majority"
+    rule: str = "mean"
     threshold: float = 0.5
     axis: int = 0
     indices: tuple[int, ...] | None = None

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.special import xlogy
 
 from .settings import RULES
-DEFAULT_RULE = "majority"
+DEFAULT_RULE = "mean"
 DEFAULT_THRESHOLD = 0.5
 
 

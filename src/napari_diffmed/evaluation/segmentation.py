@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .anomaly import auroc
+from ..uncertainty import DEFAULT_RULE
 
 
 def _binary(mask: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
@@ -139,7 +140,7 @@ def multi_otsu_wm(image: np.ndarray, mask: np.ndarray | None = None, classes: in
 
 
 def segmentation_scores(
-    result, reference: np.ndarray, spacing: Sequence[float] | None = None, rule: str = "majority",
+    result, reference: np.ndarray, spacing: Sequence[float] | None = None, rule: str = DEFAULT_RULE,
     threshold: float = 0.5, region: np.ndarray | None = None, probability: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The scores a user checks for an :class:`~napari_diffmed.ensemble.EnsembleResult` against a

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .anomaly import auroc
 from ..uncertainty import DEFAULT_RULE
+from .anomaly import auroc
 
 
 def _binary(mask: np.ndarray, region: np.ndarray | None = None) -> np.ndarray:
